@@ -1,0 +1,36 @@
+# reidgen — every target that needs the environment installs it first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install test test-fast lint bench synth clean
+
+install: $(STAMP)
+
+# Reinstalls only when the dependency files change.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+test: install
+	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
+
+test-fast: install
+	$(BIN)/python -m pytest -n 2 -m "not slow" $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+bench: install
+	$(BIN)/python benchmarks/bench_synthperson.py
+
+synth: install
+	$(BIN)/python -m reidgen.data.synthperson --domain studio --preset small --contact-sheet
+	$(BIN)/python -m reidgen.data.synthperson --domain street --preset small --contact-sheet
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache

@@ -1,0 +1,3 @@
+"""reidgen: generalizable re-identification with PyTorch Lightning and Hydra."""
+
+__version__ = "0.1.0"

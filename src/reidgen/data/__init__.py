@@ -1,0 +1,1 @@
+"""Data: dataset indexers, the embedded SynthPerson generator, transforms, samplers."""

@@ -1,0 +1,48 @@
+"""Reading a generated SynthPerson dataset back: samples with timestamps, and structure maps."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from reidgen.data.datasets.market import MARKET_NAMES, index_market_layout
+from reidgen.data.sample import Sample, Splits
+from reidgen.data.synthperson.generate import MANIFEST
+from reidgen.data.synthperson.render import STRUCTURE_YAWS_DEG
+
+
+def index_synthperson(root: str | Path, dataset: str | None = None) -> Splits:
+    """Indexes a generated dataset folder; timestamps come from the manifest's clock."""
+    root = Path(root)
+    manifest_path = root / MANIFEST
+    if not manifest_path.is_file():
+        raise FileNotFoundError(
+            f"{root} is not a finished SynthPerson dataset: {MANIFEST} is missing"
+        )
+    manifest = json.loads(manifest_path.read_text())
+    return index_market_layout(
+        root,
+        dataset or f"synthperson_{manifest['domain']['name']}",
+        names=MARKET_NAMES,
+        num_cameras=manifest["num_cameras"],
+        fps=manifest["fps"],
+        sequence_frames=manifest["sequence_frames"],
+    )
+
+
+def structure_path(sample: Sample) -> Path:
+    """Where a sample's structure strip lives (see :mod:`reidgen.data.synthperson.generate`)."""
+    image = Path(sample.path)
+    return image.parent.parent / "structure" / image.parent.name / f"{image.stem}.png"
+
+
+def load_structure(sample: Sample) -> np.ndarray:
+    """The sample's body-part maps, [8, H, W] uint8: its own view, then the 7 rotations."""
+    with Image.open(structure_path(sample)) as image:
+        strip = np.asarray(image)
+    views = len(STRUCTURE_YAWS_DEG)
+    height, total_width = strip.shape
+    return strip.reshape(height, views, total_width // views).transpose(1, 0, 2)
