@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast lint bench synth clean
+.PHONY: install run test test-fast lint bench synth clean
 
 install: $(STAMP)
 
@@ -27,6 +27,9 @@ lint: install
 
 bench: install
 	$(BIN)/python benchmarks/bench_synthperson.py
+
+# The main job. For now: generate the default SynthPerson data and its contact sheets.
+run: synth
 
 synth: install
 	$(BIN)/python -m reidgen.data.synthperson --domain studio --preset small --contact-sheet

@@ -41,9 +41,7 @@ class Splits:
     def __post_init__(self) -> None:
         for split in ("train", "query", "gallery"):
             samples = sorted(getattr(self, split), key=lambda s: s.path)
-            object.__setattr__(
-                self, split, [replace(s, index=i) for i, s in enumerate(samples)]
-            )
+            object.__setattr__(self, split, [replace(s, index=i) for i, s in enumerate(samples)])
 
     def summary(self) -> dict[str, dict[str, int]]:
         """Identities, images and cameras per split (distractors are not counted as identities)."""

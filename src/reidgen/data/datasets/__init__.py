@@ -1,1 +1,1 @@
-"""Dataset indexers: each turns a folder into :class:`~reidgen.data.sample.Splits` (no torch here)."""
+"""Dataset indexers: each turns a folder into :class:`~reidgen.data.sample.Splits`; no torch."""

@@ -159,7 +159,8 @@ def index_market_layout(
     expected = ", ".join(f"{f}/" for f in SPLIT_FOLDERS.values())
     if not root.is_dir():
         raise FileNotFoundError(
-            f"dataset {dataset!r}: folder {root} does not exist; expected a folder holding {expected}"
+            f"dataset {dataset!r}: folder {root} does not exist; "
+            f"expected a folder holding {expected}"
         )
     missing = [f for f in SPLIT_FOLDERS.values() if not (root / f).is_dir()]
     if missing:

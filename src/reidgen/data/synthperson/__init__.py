@@ -5,7 +5,7 @@ on-disk layout and :mod:`reidgen.data.synthperson.style` for domains.
 """
 
 from reidgen.data.synthperson.dataset import index_synthperson, load_structure, structure_path
-from reidgen.data.synthperson.generate import SynthPersonSpec, ensure_synthperson, generate
+from reidgen.data.synthperson.generate import SynthPersonSpec, ensure_synthperson
 from reidgen.data.synthperson.presets import PRESETS, Preset
 from reidgen.data.synthperson.style import BUILTIN_DOMAINS, DomainStyle, load_domain_style
 
@@ -16,7 +16,6 @@ __all__ = [
     "Preset",
     "SynthPersonSpec",
     "ensure_synthperson",
-    "generate",
     "index_synthperson",
     "load_domain_style",
     "load_structure",

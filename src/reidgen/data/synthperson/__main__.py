@@ -19,7 +19,9 @@ def _size(text: str) -> tuple[int, int]:
     try:
         height, width = (int(v) for v in text.lower().split("x"))
     except ValueError as error:
-        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH such as 128x64, got {text!r}") from error
+        raise argparse.ArgumentTypeError(
+            f"expected HEIGHTxWIDTH such as 128x64, got {text!r}"
+        ) from error
     return height, width
 
 
@@ -54,7 +56,9 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     start = time.perf_counter()
-    root = ensure_synthperson(args.data_dir, args.domain, args.preset, args.size, args.seed, args.workers)
+    root = ensure_synthperson(
+        args.data_dir, args.domain, args.preset, args.size, args.seed, args.workers
+    )
     elapsed = time.perf_counter() - start
     manifest = json.loads((root / MANIFEST).read_text())
     print(f"SynthPerson {manifest['domain']['name']}/{args.preset} at {root} ({elapsed:.1f} s)")
@@ -65,7 +69,9 @@ def main(argv: list[str] | None = None) -> None:
             f"{counts['junk']:>4} junk"
         )
     if args.contact_sheet is not None:
-        target = Path(args.contact_sheet or f"docs/images/synthperson_{manifest['domain']['name']}.png")
+        target = Path(
+            args.contact_sheet or f"docs/images/synthperson_{manifest['domain']['name']}.png"
+        )
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(root / "contact_sheet.png", target)
         print(f"  contact sheet: {target}")

@@ -35,7 +35,9 @@ def contact_sheet(root: str | Path, rows: int = 10) -> Image.Image:
     )
     draw = ImageDraw.Draw(sheet)
     for column in range(columns):
-        draw.text((_HEADER * 3 + column * (width + _MARGIN) + 2, 1), f"c{column + 1}", fill=(0, 0, 0))
+        draw.text(
+            (_HEADER * 3 + column * (width + _MARGIN) + 2, 1), f"c{column + 1}", fill=(0, 0, 0)
+        )
     for row, pid in enumerate(chosen):
         top = _HEADER + row * (height + _MARGIN)
         draw.text((2, top + height // 2 - 5), f"{pid:04d}", fill=(0, 0, 0))

@@ -1,4 +1,4 @@
-"""A 2.5-D walking figure: body parts as 3-D primitives, turned about the vertical axis and projected.
+"""A 2.5-D walking figure: 3-D body-part primitives, turned about the vertical axis, projected.
 
 Each part is a capsule, ellipse or polygon placed in body coordinates (x: the person's left,
 y: up from the feet, z: forward, all in units of body height). A yaw turns the body about the
@@ -18,17 +18,35 @@ from reidgen.data.synthperson.identity import Identity
 
 # Materials decide colours (index into a colour table); shade levels darken far-side parts.
 MATERIAL_NAMES = (
-    "background", "skin", "hair", "hat", "upper", "lower", "shoes", "backpack", "bag", "print",
+    "background",
+    "skin",
+    "hair",
+    "hat",
+    "upper",
+    "lower",
+    "shoes",
+    "backpack",
+    "bag",
+    "print",
     "strap",
-)  # fmt: skip
+)
 BACKGROUND, SKIN, HAIR, HAT, UPPER, LOWER, SHOES, BACKPACK, BAG, PRINT, STRAP = range(11)
 SHADE_FACTORS = (1.0, 0.82, 0.68, 0.55)
 
 # Body parts of the structure maps (identity-neutral: no clothes, hair or carried objects).
 PART_NAMES = (
-    "background", "head", "torso", "left_upper_arm", "left_lower_arm", "right_upper_arm",
-    "right_lower_arm", "left_upper_leg", "left_lower_leg", "right_upper_leg", "right_lower_leg",
-)  # fmt: skip
+    "background",
+    "head",
+    "torso",
+    "left_upper_arm",
+    "left_lower_arm",
+    "right_upper_arm",
+    "right_lower_arm",
+    "left_upper_leg",
+    "left_lower_leg",
+    "right_upper_leg",
+    "right_lower_leg",
+)
 HEAD, TORSO = 1, 2
 ARM_PARTS = {1: (3, 4), -1: (5, 6)}  # side -> (upper, lower); side +1 is the person's left
 LEG_PARTS = {1: (7, 8), -1: (9, 10)}
@@ -122,29 +140,55 @@ def build_figure(
         depth, pts = _capsule(view, knee, ankle, limb * 0.5)
         add(depth, "capsule", pts, shin_material, lower_part)
         foot_u, foot_y, foot_d = view.project(ankle[0], ankle[1] - 0.012, ankle[2] + 0.03)
-        add(foot_d + 0.001, "ellipse", (foot_u, foot_y, view.half_width(limb * 0.55, 0.055), 0.024),
-            SHOES, lower_part)  # fmt: skip
+        add(
+            foot_d + 0.001,
+            "ellipse",
+            (foot_u, foot_y, view.half_width(limb * 0.55, 0.055), 0.024),
+            SHOES,
+            lower_part,
+        )
 
     # Torso: a trapezoid with rounded shoulders; the pelvis in the lower garment.
     shoulder_half = view.half_width(body.shoulder_width / 2, body.torso_depth / 2)
     hip_half = view.half_width(body.hip_width / 2, body.torso_depth * 0.45)
     torso = (
-        -hip_half, hip_y - 0.02, hip_half, hip_y - 0.02, shoulder_half, shoulder_y - 0.02,
-        shoulder_half * 0.75, shoulder_y + 0.025, -shoulder_half * 0.75, shoulder_y + 0.025,
-        -shoulder_half, shoulder_y - 0.02,
-    )  # fmt: skip
+        -hip_half,
+        hip_y - 0.02,
+        hip_half,
+        hip_y - 0.02,
+        shoulder_half,
+        shoulder_y - 0.02,
+        shoulder_half * 0.75,
+        shoulder_y + 0.025,
+        -shoulder_half * 0.75,
+        shoulder_y + 0.025,
+        -shoulder_half,
+        shoulder_y - 0.02,
+    )
     add(0.0, "poly", torso, UPPER, TORSO)
     pelvis = (
-        -hip_half * 1.02, hip_y + 0.05, hip_half * 1.02, hip_y + 0.05,
-        hip_half * 1.02, hip_y - 0.07, -hip_half * 1.02, hip_y - 0.07,
-    )  # fmt: skip
+        -hip_half * 1.02,
+        hip_y + 0.05,
+        hip_half * 1.02,
+        hip_y + 0.05,
+        hip_half * 1.02,
+        hip_y - 0.07,
+        -hip_half * 1.02,
+        hip_y - 0.07,
+    )
     add(0.001, "poly", pelvis, LOWER, TORSO)
     if identity.lower_type == "skirt":
         flare = hip_half * 1.5 + 0.03 * abs(swing)
         skirt = (
-            -hip_half * 1.05, hip_y + 0.05, hip_half * 1.05, hip_y + 0.05,
-            flare, knee_y + 0.02, -flare, knee_y + 0.02,
-        )  # fmt: skip
+            -hip_half * 1.05,
+            hip_y + 0.05,
+            hip_half * 1.05,
+            hip_y + 0.05,
+            flare,
+            knee_y + 0.02,
+            -flare,
+            knee_y + 0.02,
+        )
         add(max(thigh_depths) + 0.01, "poly", skirt, LOWER, 0)
 
     # Arms swing against the leg of the same side; the forearm bends forward a little.
@@ -175,13 +219,40 @@ def build_figure(
         add(depth, "ellipse", (u, y, head_half * 1.05, head_r * 1.7), HAIR, 0)
     if identity.hair_style in ("short", "long"):
         spread = 70 + 95 * away
-        add(0.003, "chord", (forward_u - view.sin * head_r * 0.2, head_y - head_r * 0.04,
-            head_half * 1.08, head_r * 1.16, 270 - spread, 270 + spread), HAIR, 0)  # fmt: skip
+        add(
+            0.003,
+            "chord",
+            (
+                forward_u - view.sin * head_r * 0.2,
+                head_y - head_r * 0.04,
+                head_half * 1.08,
+                head_r * 1.16,
+                270 - spread,
+                270 + spread,
+            ),
+            HAIR,
+            0,
+        )
     if identity.hat is not None:
-        add(0.004, "chord", (forward_u, head_y - head_r * 0.08, head_half * 1.14, head_r * 1.2,
-            195, 345), HAT, 0)  # fmt: skip
-        add(0.004, "ellipse", (forward_u + view.sin * head_r * 0.5, head_y + head_r * 0.32,
-            head_half * 1.25, head_r * 0.16), HAT, 0)  # fmt: skip
+        add(
+            0.004,
+            "chord",
+            (forward_u, head_y - head_r * 0.08, head_half * 1.14, head_r * 1.2, 195, 345),
+            HAT,
+            0,
+        )
+        add(
+            0.004,
+            "ellipse",
+            (
+                forward_u + view.sin * head_r * 0.5,
+                head_y + head_r * 0.32,
+                head_half * 1.25,
+                head_r * 0.16,
+            ),
+            HAT,
+            0,
+        )
 
     # Carried objects and what shows of them from the front.
     front = body.torso_depth / 2
@@ -198,18 +269,48 @@ def build_figure(
         add(depth, "poly", (left, top, right, top, right, bottom, left, bottom), BACKPACK, 0)
         for sx in (-1, 1):
             u0, _, d0 = view.project(sx * body.shoulder_width * 0.22, 0.0, front + 0.004)
-            strap = (u0 - 0.008, shoulder_y + 0.02, u0 + 0.008, shoulder_y + 0.02,
-                     u0 + 0.008, shoulder_y - 0.2, u0 - 0.008, shoulder_y - 0.2)  # fmt: skip
+            strap = (
+                u0 - 0.008,
+                shoulder_y + 0.02,
+                u0 + 0.008,
+                shoulder_y + 0.02,
+                u0 + 0.008,
+                shoulder_y - 0.2,
+                u0 - 0.008,
+                shoulder_y - 0.2,
+            )
             add(d0, "poly", strap, STRAP, 0)
     if identity.bag is not None:
         u, _, depth = view.project(body.shoulder_width / 2 + 0.045, 0.0, 0.02)
         half = view.half_width(0.025, 0.08)
-        add(depth, "poly", (u - half, hip_y + 0.09, u + half, hip_y + 0.09,
-            u + half, hip_y - 0.05, u - half, hip_y - 0.05), BAG, 0)  # fmt: skip
+        add(
+            depth,
+            "poly",
+            (
+                u - half,
+                hip_y + 0.09,
+                u + half,
+                hip_y + 0.09,
+                u + half,
+                hip_y - 0.05,
+                u - half,
+                hip_y - 0.05,
+            ),
+            BAG,
+            0,
+        )
         u0, _, d0 = view.project(-body.shoulder_width * 0.3, 0.0, front + 0.005)
         u1, _, _ = view.project(body.shoulder_width * 0.4, 0.0, front + 0.005)
-        strap = (u0 - 0.008, shoulder_y + 0.02, u0 + 0.008, shoulder_y + 0.02,
-                 u1 + 0.008, hip_y + 0.05, u1 - 0.008, hip_y + 0.05)  # fmt: skip
+        strap = (
+            u0 - 0.008,
+            shoulder_y + 0.02,
+            u0 + 0.008,
+            shoulder_y + 0.02,
+            u1 + 0.008,
+            hip_y + 0.05,
+            u1 - 0.008,
+            hip_y + 0.05,
+        )
         add(d0, "poly", strap, STRAP, 0)
     if identity.upper_pattern == "print":
         u, y, depth = view.project(0.0, shoulder_y - 0.11, front + 0.003)

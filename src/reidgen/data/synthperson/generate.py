@@ -149,8 +149,9 @@ def plan_dataset(spec: SynthPersonSpec) -> DatasetPlan:
 
     gallery_people = 0
     for index, identity in enumerate(identities):
-        sightings = walk(spec.rng("walk", identity.pid), network, style, preset, index,
-                         identity.walking_speed)  # fmt: skip
+        sightings = walk(
+            spec.rng("walk", identity.pid), network, style, preset, index, identity.walking_speed
+        )
         jobs = [
             (s, RenderJob(PERSON, index, s.camera, s.yaw, s.phase, s.scale, s.resolution))
             for s in sightings
@@ -176,14 +177,22 @@ def plan_dataset(spec: SynthPersonSpec) -> DatasetPlan:
     recording = style.recording_hours * 3600.0
     for _ in range(int(round(preset.distractor_fraction * gallery_people))):
         camera = int(extra.integers(network.num_cameras))
-        job = RenderJob(DISTRACTOR, -1, camera, float(extra.uniform(-np.pi, np.pi)),
-                        float(extra.uniform(0, 2 * np.pi)), 0.9, float(extra.uniform(*style.resolution)))  # fmt: skip
+        job = RenderJob(
+            DISTRACTOR,
+            -1,
+            camera,
+            float(extra.uniform(-np.pi, np.pi)),
+            float(extra.uniform(0, 2 * np.pi)),
+            0.9,
+            float(extra.uniform(*style.resolution)),
+        )
         add("bounding_box_test", 0, job, float(extra.uniform(0.0, recording)))
     test_gallery = [e for e in entries if e[0] == "bounding_box_test" and e[1] > 0]
     for _ in range(int(round(preset.junk_fraction * gallery_people))):
         _, _, camera, time_s, source = test_gallery[int(extra.integers(len(test_gallery)))]
-        job = RenderJob(JUNK, source.identity, camera, source.yaw, source.phase, source.scale,
-                        source.resolution)  # fmt: skip
+        job = RenderJob(
+            JUNK, source.identity, camera, source.yaw, source.phase, source.scale, source.resolution
+        )
         add("bounding_box_test", -1, job, time_s + float(extra.uniform(0.04, 0.4)))
 
     # Detections in one frame are numbered, as in Market's last name field.
@@ -208,10 +217,29 @@ def camera_looks(spec: SynthPersonSpec) -> list[CameraLook]:
     ]
 
 
-_STRUCTURE_PALETTE = (
-    [0, 0, 0, 230, 190, 160, 200, 60, 60, 60, 120, 220, 120, 180, 250, 220, 120, 40, 250, 200, 90]
-    + [60, 160, 60, 140, 220, 140, 160, 60, 180, 220, 150, 230]
-)
+_STRUCTURE_PALETTE = [
+    0,
+    0,
+    0,
+    230,
+    190,
+    160,
+    200,
+    60,
+    60,
+    60,
+    120,
+    220,
+    120,
+    180,
+    250,
+    220,
+    120,
+    40,
+    250,
+    200,
+    90,
+] + [60, 160, 60, 140, 220, 140, 160, 60, 180, 220, 150, 230]
 
 
 def write_structure(path: Path, strip: np.ndarray) -> None:
@@ -232,8 +260,9 @@ class _Renderer:
 
     def render(self, ordinal: int, plan: FilePlan) -> None:
         rng = self.spec.rng("image", ordinal)
-        image, strip = render_job(plan.job, rng, self.identities, self.looks, self.spec.domain,
-                                  self.spec.size)  # fmt: skip
+        image, strip = render_job(
+            plan.job, rng, self.identities, self.looks, self.spec.domain, self.spec.size
+        )
         quality = self.looks[plan.camera].jpeg_quality
         image.save(self.root / plan.folder / plan.filename, quality=quality)
         stem = Path(plan.filename).stem
@@ -318,7 +347,8 @@ def _check_existing(path: Path, spec: SynthPersonSpec) -> None:
     if not manifest_path.is_file():
         raise DatasetDamagedError(
             f"{path} exists but has no {MANIFEST}, so it is not a finished SynthPerson dataset; "
-            "it was not written by this generator's atomic publish. Move or delete it to regenerate."
+            "it was not written by this generator's atomic publish. "
+            "Move or delete it to regenerate."
         )
     found = json.loads(manifest_path.read_text())
     if found.get("generator_version") != GENERATOR_VERSION or found.get("seed") != spec.seed:

@@ -68,6 +68,15 @@ def _garment_colour(rng: np.random.Generator, style: DomainStyle) -> RGB:
     return _jitter(rng, base, style.palette_jitter)
 
 
+def _other_colour(rng: np.random.Generator, style: DomainStyle, original: RGB) -> RGB:
+    """A garment colour that a person would tell apart from ``original``."""
+    for _ in range(50):
+        colour = _garment_colour(rng, style)
+        if np.linalg.norm(np.subtract(colour, original)) > 60:
+            return colour
+    return tuple(255 - c for c in original)  # type: ignore[return-value]
+
+
 def _maybe(rng: np.random.Generator, prob: float, style: DomainStyle) -> RGB | None:
     return _garment_colour(rng, style) if rng.random() < prob else None
 
@@ -120,10 +129,18 @@ def near_duplicate(
     updates: dict[str, object] = {"pid": pid, "near_duplicate_of": original.pid}
     for index in sorted(int(i) for i in changed):
         name = MUTABLE_ATTRIBUTES[index]
-        value = getattr(fresh, name)
+        current = getattr(original, name)
         if name in ("backpack", "bag", "hat"):
             # Toggling presence is the change people notice; a colour swap alone may be invisible.
-            value = None if getattr(original, name) is not None else _garment_colour(rng, style)
+            value = None if current is not None else _garment_colour(rng, style)
+        elif name == "upper_pattern":
+            others = sorted(set(style.pattern_probs) - {current})
+            value = others[int(rng.integers(len(others)))] if others else current
+        elif name == "hair":
+            far = [c for c in style.hair_colours if np.linalg.norm(np.subtract(c, current)) > 40]
+            value = _jitter(rng, far[int(rng.integers(len(far)))], 6.0) if far else current
+        else:
+            value = _other_colour(rng, style, current)
         updates[name] = value
     body = dataclasses.replace(
         original.body,
@@ -138,7 +155,7 @@ def near_duplicate(
 def sample_identities(
     rng: np.random.Generator, style: DomainStyle, pids: list[int]
 ) -> list[Identity]:
-    """Identities for ``pids`` (in order); a ``near_duplicate_fraction`` of them copy an earlier one."""
+    """Identities for ``pids`` in order; a ``near_duplicate_fraction`` copy an earlier one."""
     identities: list[Identity] = []
     for pid in pids:
         if identities and rng.random() < style.near_duplicate_fraction:

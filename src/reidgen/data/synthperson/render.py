@@ -38,7 +38,7 @@ SUPERSAMPLE = 2
 
 @dataclass(frozen=True)
 class Placement:
-    """Where the figure lands on a canvas: horizontal centre and feet in pixels, height in pixels."""
+    """Where the figure lands on a canvas: centre x, feet y and body height, all in pixels."""
 
     centre_x: float
     feet_y: float
@@ -122,7 +122,10 @@ def colour_table(identity: Identity) -> np.ndarray:
 def paint_figure(
     identity: Identity, yaw: float, phase: float, placement: Placement, size: tuple[int, int]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Colours a figure on a canvas of ``size`` (H, W): returns (rgb [H, W, 3] float32, mask [H, W])."""
+    """Colours a figure on a canvas of ``size`` (H, W).
+
+    Returns (rgb [H, W, 3] float32, mask [H, W] bool of the figure's pixels).
+    """
     height, width = size
     canvas = Image.new("L", (width, height), 0)
     draw_labels(canvas, build_figure(identity, yaw, phase), placement, use_parts=False)
@@ -190,7 +193,8 @@ def build_background(
             for wx in range(x0 + 2, x1 - step_x // 2, step_x):
                 for wy in range(2, horizon - step_y, step_y):
                     draw.rectangle(
-                        (wx, wy, wx + step_x // 2, wy + step_y // 2), fill=tuple(int(c) for c in pane)
+                        (wx, wy, wx + step_x // 2, wy + step_y // 2),
+                        fill=tuple(int(c) for c in pane),
                     )
         joint = tuple(int(c) for c in np.clip(floor * 0.8, 0, 255))
         for y in range(horizon, height, max(3, size[0] // 12)):
@@ -202,18 +206,23 @@ def build_background(
             colour = tuple(int(c) for c in mix * vivid + (1 - mix) * base)
             x0 = int(rng.uniform(0, width))
             if rng.random() < 0.5:  # pole or sign
-                draw.rectangle((x0, int(horizon * rng.uniform(0.1, 0.6)), x0 + 3, horizon), fill=colour)
+                draw.rectangle(
+                    (x0, int(horizon * rng.uniform(0.1, 0.6)), x0 + 3, horizon), fill=colour
+                )
             else:  # car, bench or bin
                 top = horizon - int(rng.uniform(0.1, 0.35) * size[0])
-                draw.rectangle((x0, top, x0 + int(rng.uniform(0.3, 1.5) * size[1]), horizon + 4),
-                               fill=colour)  # fmt: skip
+                draw.rectangle(
+                    (x0, top, x0 + int(rng.uniform(0.3, 1.5) * size[1]), horizon + 4), fill=colour
+                )
     else:
         # Studio: soft vertical panels and a clean floor.
         for _ in range(int(rng.integers(2, 5))):
             x0 = int(rng.uniform(0, width))
             shade = np.clip(base * rng.uniform(0.9, 1.1), 0, 255)
-            draw.rectangle((x0, 0, x0 + int(size[1] * rng.uniform(0.5, 2)), horizon),
-                           fill=tuple(int(c) for c in shade))  # fmt: skip
+            draw.rectangle(
+                (x0, 0, x0 + int(size[1] * rng.uniform(0.5, 2)), horizon),
+                fill=tuple(int(c) for c in shade),
+            )
     array = np.asarray(image, dtype=np.float32)
     texture = rng.normal(0.0, 6.0 if style.background == "street" else 1.5, array.shape[:2])
     return array + texture[..., None].astype(np.float32)
@@ -236,13 +245,18 @@ def camera_look(
 
 
 def finish(
-    rng: np.random.Generator, canvas: np.ndarray, look: CameraLook, size: tuple[int, int],
+    rng: np.random.Generator,
+    canvas: np.ndarray,
+    look: CameraLook,
+    size: tuple[int, int],
     resolution: float,
-) -> Image.Image:  # fmt: skip
+) -> Image.Image:
     """The camera's imaging chain on a supersampled canvas: down to ``size``, tone, blur, noise."""
     height, width = size
     image = sum(
-        canvas[dy::SUPERSAMPLE, dx::SUPERSAMPLE] for dy in range(SUPERSAMPLE) for dx in range(SUPERSAMPLE)
+        canvas[dy::SUPERSAMPLE, dx::SUPERSAMPLE]
+        for dy in range(SUPERSAMPLE)
+        for dx in range(SUPERSAMPLE)
     ) * (1.0 / SUPERSAMPLE**2)
     jitter = rng.uniform(0.92, 1.08)
     image = ((image - 128.0) * look.contrast + 128.0) * (look.gain * jitter)

@@ -16,8 +16,8 @@ from PIL import Image
 
 from reidgen.data.synthperson.identity import Identity, sample_identity
 from reidgen.data.synthperson.render import (
-    SUPERSAMPLE,
     STRUCTURE_YAWS_DEG,
+    SUPERSAMPLE,
     CameraLook,
     Placement,
     finish,
@@ -113,8 +113,13 @@ def render_job(
             placement.feet_y + rng.normal(0, 0.05) * canvas_size[0],
             placement.height * rng.uniform(0.9, 1.1),
         )
-        layer = paint_figure(other, rng.uniform(-math.pi, math.pi), rng.uniform(0, 2 * math.pi),
-                             other_placement, canvas_size)  # fmt: skip
+        layer = paint_figure(
+            other,
+            rng.uniform(-math.pi, math.pi),
+            rng.uniform(0, 2 * math.pi),
+            other_placement,
+            canvas_size,
+        )
         if rng.random() < 0.5:
             np.copyto(canvas, layer[0], where=layer[1][..., None])
         else:

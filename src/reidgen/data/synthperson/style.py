@@ -82,19 +82,38 @@ def _hex(code: str) -> RGB:
 
 
 _SKIN = tuple(
-    _hex(c) for c in ("f1c27d", "e0ac69", "c68642", "8d5524", "ffdbac", "d1a37c", "a0785a", "5c3b28")
+    _hex(c)
+    for c in ("f1c27d", "e0ac69", "c68642", "8d5524", "ffdbac", "d1a37c", "a0785a", "5c3b28")
 )
-_HAIR = tuple(_hex(c) for c in ("1b1b1b", "3b2a1e", "5a3825", "8b5a2b", "b08d57", "d8c08a", "6e6e6e"))
+_HAIR = tuple(
+    _hex(c) for c in ("1b1b1b", "3b2a1e", "5a3825", "8b5a2b", "b08d57", "d8c08a", "6e6e6e")
+)
 
 STUDIO = DomainStyle(
     name="studio",
     num_cameras=4,
     # Synthetic-engine look (RandPerson / PersonX): vivid, evenly spread colours.
     garment_palette=_palette(
-        ("e6194b", 1), ("3cb44b", 1), ("ffe119", 1), ("4363d8", 1), ("f58231", 1), ("911eb4", 1),
-        ("42d4f4", 1), ("f032e6", 1), ("bfef45", 1), ("fabed4", 1), ("469990", 1), ("dcbeff", 1),
-        ("9a6324", 1), ("fffac8", 1), ("800000", 1), ("aaffc3", 1), ("000075", 1), ("ffffff", 1),
-        ("202020", 1), ("a9a9a9", 1),
+        ("e6194b", 1),
+        ("3cb44b", 1),
+        ("ffe119", 1),
+        ("4363d8", 1),
+        ("f58231", 1),
+        ("911eb4", 1),
+        ("42d4f4", 1),
+        ("f032e6", 1),
+        ("bfef45", 1),
+        ("fabed4", 1),
+        ("469990", 1),
+        ("dcbeff", 1),
+        ("9a6324", 1),
+        ("fffac8", 1),
+        ("800000", 1),
+        ("aaffc3", 1),
+        ("000075", 1),
+        ("ffffff", 1),
+        ("202020", 1),
+        ("a9a9a9", 1),
     ),
     palette_jitter=18.0,
     skin_tones=_SKIN,
@@ -132,9 +151,23 @@ STREET = DomainStyle(
     num_cameras=6,
     # A campus in summer (Market-1501 look): dark and neutral clothing dominates.
     garment_palette=_palette(
-        ("1c1c1c", 5), ("3a3a3a", 3), ("6b6b6b", 2), ("e8e8e8", 4), ("26324f", 3), ("3d5a80", 2),
-        ("5b7083", 1.5), ("7a1f1f", 1), ("b23a3a", 1), ("2f4f2f", 1), ("6b8e23", 0.7), ("c2b280", 1.2),
-        ("8b6f47", 1), ("d4a017", 0.5), ("c77dab", 0.6), ("e39b6b", 0.5), ("4b3b5b", 0.8),
+        ("1c1c1c", 5),
+        ("3a3a3a", 3),
+        ("6b6b6b", 2),
+        ("e8e8e8", 4),
+        ("26324f", 3),
+        ("3d5a80", 2),
+        ("5b7083", 1.5),
+        ("7a1f1f", 1),
+        ("b23a3a", 1),
+        ("2f4f2f", 1),
+        ("6b8e23", 0.7),
+        ("c2b280", 1.2),
+        ("8b6f47", 1),
+        ("d4a017", 0.5),
+        ("c77dab", 0.6),
+        ("e39b6b", 0.5),
+        ("4b3b5b", 0.8),
     ),
     palette_jitter=14.0,
     skin_tones=_SKIN,
@@ -185,7 +218,8 @@ def domain_style_from_dict(values: dict[str, Any]) -> DomainStyle:
     unknown = sorted(set(values) - known)
     if unknown:
         raise ValueError(
-            f"unknown SynthPerson domain key(s) {unknown}; expected keys of DomainStyle: {sorted(known)}"
+            f"unknown SynthPerson domain key(s) {unknown}; "
+            f"expected keys of DomainStyle: {sorted(known)}"
         )
     if base_name is not None:
         if base_name not in BUILTIN_DOMAINS:
