@@ -1,0 +1,55 @@
+"""Embedding heads on pooled features ``[B, C]``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class HeadOutput:
+    """What a head returns for a batch of ``B`` pooled feature vectors.
+
+    Attributes:
+        features: ``[B, C]`` before the BN neck (metric losses such as triplet use these).
+        bn_features: ``[B, C]`` after the BN neck (the retrieval embedding).
+        logits: ``[B, num_classes]`` identity logits (for the ID loss; methods may ignore them).
+    """
+
+    features: Tensor
+    bn_features: Tensor
+    logits: Tensor
+
+
+class BNNeckHead(nn.Module):
+    """BNNeck of "Bag of Tricks" (Luo et al., 2019): BatchNorm1d between the triplet-loss space
+    and the classifier.
+
+    ``forward(features [B, C]) -> HeadOutput``. The BN bias is fixed at zero (not trained), as in
+    BoT, so the normalised features stay centred on the origin, where the bias-free classifier's
+    decision boundaries pass. BN starts at weight 1 / bias 0 and the classifier at
+    N(0, 0.001^2), as BoT does.
+
+    Args:
+        in_channels: ``C``, the pooled feature size.
+        num_classes: number of training identities.
+        bias_free_classifier: the classifier has no bias (BoT); ``False`` adds one, initialised 0.
+    """
+
+    def __init__(
+        self, in_channels: int, num_classes: int, bias_free_classifier: bool = True
+    ) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm1d(in_channels)
+        nn.init.ones_(self.bn.weight)
+        nn.init.zeros_(self.bn.bias)
+        self.bn.bias.requires_grad_(False)
+        self.classifier = nn.Linear(in_channels, num_classes, bias=not bias_free_classifier)
+        nn.init.normal_(self.classifier.weight, std=0.001)
+        if self.classifier.bias is not None:
+            nn.init.zeros_(self.classifier.bias)
+
+    def forward(self, features: Tensor) -> HeadOutput:
+        bn_features = self.bn(features)
+        return HeadOutput(features, bn_features, self.classifier(bn_features))
