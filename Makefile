@@ -27,10 +27,14 @@ lint: install
 
 bench: install
 	$(BIN)/python benchmarks/bench_synthperson.py
+	$(BIN)/python benchmarks/bench_training_step.py
 
-# The main job. For now: generate the default SynthPerson data and its contact sheets.
-run: synth
+# The main job: train the baseline on SynthPerson (generated on first use), evaluate, print the
+# results table. Extra Hydra overrides: make run ARGS="method=baseline data=synth".
+run: install
+	$(BIN)/python -m reidgen.run $(ARGS)
 
+# Generate both default SynthPerson domains and refresh the README's contact sheets.
 synth: install
 	$(BIN)/python -m reidgen.data.synthperson --domain studio --preset small --contact-sheet
 	$(BIN)/python -m reidgen.data.synthperson --domain street --preset small --contact-sheet

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from multiprocessing import get_context
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from filelock import FileLock
@@ -317,8 +318,9 @@ def _counts(plan: DatasetPlan) -> dict[str, dict[str, int]]:
     return counts
 
 
-def manifest(spec: SynthPersonSpec, plan: DatasetPlan) -> dict[str, object]:
-    return {
+def manifest(spec: SynthPersonSpec, plan: DatasetPlan | None) -> dict[str, Any]:
+    """The manifest's content; without a plan, only what the spec decides (no counts)."""
+    record: dict[str, Any] = {
         "generator": "reidgen.synthperson",
         "generator_version": GENERATOR_VERSION,
         "seed": spec.seed,
@@ -328,14 +330,16 @@ def manifest(spec: SynthPersonSpec, plan: DatasetPlan) -> dict[str, object]:
         "num_cameras": spec.domain.num_cameras,
         "fps": spec.domain.fps,
         "sequence_frames": spec.sequence_frames,
-        "counts": _counts(plan),
-        "near_duplicates": sum(i.near_duplicate_of is not None for i in plan.identities),
         "structure": {
             "layout": "structure/<split folder>/<image stem>.png, H x 8W palette PNG",
             "yaw_offsets_deg": list(STRUCTURE_YAWS_DEG),
             "part_names": list(PART_NAMES),
         },
     }
+    if plan is not None:
+        record["counts"] = _counts(plan)
+        record["near_duplicates"] = sum(i.near_duplicate_of is not None for i in plan.identities)
+    return record
 
 
 class DatasetDamagedError(RuntimeError):
@@ -357,6 +361,14 @@ def _check_existing(path: Path, spec: SynthPersonSpec) -> None:
             f"seed {found.get('seed')}, expected {GENERATOR_VERSION} and {spec.seed}. "
             "Move or delete the folder to regenerate."
         )
+    requested = manifest(spec, None)
+    for key in ("domain", "preset", "image_size"):
+        value = json.loads(json.dumps(requested[key]))
+        if found.get(key) != value:
+            raise DatasetDamagedError(
+                f"{path}: {MANIFEST} records a different {key} than requested (the generator's "
+                "built-in settings changed since it was made?). Move or delete it to regenerate."
+            )
     for folder, counts in found["counts"].items():
         present = sum(1 for _ in (path / folder).glob("*.jpg")) if (path / folder).is_dir() else 0
         if present != counts["images"]:

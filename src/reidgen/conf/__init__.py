@@ -1,0 +1,1 @@
+"""Hydra configs shipped with the package (found by installed and editable reidgen alike)."""

@@ -1,0 +1,171 @@
+"""ReIDDataModule: training sources merged into one relabelled set; one loader per test target."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+import pytorch_lightning as pl
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+
+from reidgen.data.dataset import (
+    EpochTaggedSampler,
+    EvalDataset,
+    ShardSampler,
+    TrainDataset,
+    Transform,
+)
+from reidgen.data.sample import Sample, Splits
+from reidgen.data.samplers import RandomIdentitySampler
+from reidgen.data.sources import DatasetSource
+
+log = logging.getLogger(__name__)
+
+
+def relabel(
+    train_sets: Sequence[Splits],
+) -> tuple[list[Sample], list[int], dict[tuple[str, int], int]]:
+    """Merges training splits; pids become 0..N-1 over the union, keyed by (dataset, pid).
+
+    The key includes the dataset name, so pid 1 of two sources are two identities. Keys are sorted,
+    so the labels are the same on every process. Each sample's ``domain`` is its source's position.
+    """
+    names = [splits.name for splits in train_sets]
+    if len(set(names)) != len(names):
+        raise ValueError(f"training sources must have distinct names, got {names}")
+    samples = [
+        replace(sample, domain=domain)
+        for domain, splits in enumerate(train_sets)
+        for sample in splits.train
+    ]
+    label_of = {key: i for i, key in enumerate(sorted({(s.dataset, s.pid) for s in samples}))}
+    return samples, [label_of[(s.dataset, s.pid)] for s in samples], label_of
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
+class ReIDDataModule(pl.LightningDataModule):
+    """Training sources and test targets for one run.
+
+    :param sources: datasets whose ``train`` splits are merged for training.
+    :param targets: datasets whose ``query`` + ``gallery`` are evaluated, each separately.
+    :param batch_size: the global P x K batch over all processes.
+    :param num_instances: K, images per identity in a batch.
+    :param domain_balanced: each batch takes as many identities from every source.
+    """
+
+    def __init__(
+        self,
+        sources: Sequence[DatasetSource],
+        targets: Sequence[DatasetSource],
+        train_transform: Transform,
+        test_transform: Transform,
+        batch_size: int = 64,
+        num_instances: int = 4,
+        eval_batch_size: int = 128,
+        num_workers: int = 2,
+        seed: int = 0,
+        domain_balanced: bool = False,
+    ) -> None:
+        super().__init__()
+        if not targets:
+            raise ValueError("data.targets is empty: name at least one dataset to evaluate on")
+        self.sources = list(sources)
+        self.targets = list(targets)
+        self.train_transform = train_transform
+        self.test_transform = test_transform
+        self.batch_size = batch_size
+        self.num_instances = num_instances
+        self.eval_batch_size = eval_batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.domain_balanced = domain_balanced
+        self.train_set: TrainDataset | None = None
+        self.eval_sets: dict[str, EvalDataset] = {}
+        self.label_of: dict[tuple[str, int], int] = {}
+        self._sampler: RandomIdentitySampler | None = None
+        self._pending_sampler_state: dict[str, Any] | None = None
+
+    @property
+    def target_names(self) -> list[str]:
+        return [target.name for target in self.targets]
+
+    @property
+    def num_classes(self) -> int:
+        if self.train_set is None:
+            raise RuntimeError("num_classes is known after setup('fit')")
+        return len(self.label_of)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Indexes the datasets (generating SynthPerson ones on first use); safe to call twice."""
+        if stage in (None, "fit") and self.train_set is None:
+            if not self.sources:
+                raise ValueError("data.sources is empty: name at least one dataset to train on")
+            samples, labels, self.label_of = relabel([source.load() for source in self.sources])
+            self.train_set = TrainDataset(samples, labels, self.train_transform, self.seed)
+            log.info("training on %d images of %d identities", len(samples), len(self.label_of))
+        if not self.eval_sets:
+            names = self.target_names
+            if len(set(names)) != len(names):
+                raise ValueError(f"test targets must have distinct names, got {names}")
+            for target in self.targets:
+                splits = target.load()
+                self.eval_sets[target.name] = EvalDataset(
+                    splits.query, splits.gallery, self.test_transform
+                )
+
+    def train_dataloader(self) -> DataLoader:
+        assert self.train_set is not None, "call setup('fit') first"
+        world, rank = _world()
+        self._sampler = RandomIdentitySampler(
+            self.train_set.labels,
+            num_instances=self.num_instances,
+            batch_size=self.batch_size,
+            seed=self.seed,
+            num_replicas=world,
+            rank=rank,
+            domains=[s.domain for s in self.train_set.samples],
+            domain_balanced=self.domain_balanced,
+        )
+        if self._pending_sampler_state is not None:
+            self._sampler.load_state_dict(self._pending_sampler_state)
+            self._pending_sampler_state = None
+        return DataLoader(
+            self.train_set,
+            batch_size=self._sampler.per_rank_batch_size,
+            sampler=EpochTaggedSampler(self._sampler),
+            num_workers=self.num_workers,
+            persistent_workers=False,
+        )
+
+    def _eval_loaders(self) -> list[DataLoader]:
+        world, rank = _world()
+        return [
+            DataLoader(
+                dataset,
+                batch_size=self.eval_batch_size,
+                sampler=ShardSampler(len(dataset), world, rank),
+                num_workers=self.num_workers,
+            )
+            for dataset in self.eval_sets.values()
+        ]
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return self._eval_loaders()
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return self._eval_loaders()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The sampler's epoch and position, so a resumed run draws the same batches."""
+        return {"sampler": self._sampler.state_dict()} if self._sampler is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._pending_sampler_state = state.get("sampler")

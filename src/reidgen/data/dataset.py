@@ -1,0 +1,146 @@
+"""Torch datasets over :class:`~reidgen.data.sample.Sample` lists, yielding batch dicts.
+
+A batch (after collation) is a dict: ``image`` [B, 3, H, W] float, ``pid`` [B] long (the training
+label for train sets, the dataset's own pid for test sets), ``camid`` [B], ``domain`` [B],
+``index`` [B] (position in the dataset), and for test sets ``is_query`` [B] bool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset, Sampler
+
+from reidgen.data.sample import Sample
+
+Transform = Callable[[Image.Image], torch.Tensor]
+
+
+class UnreadableImageError(RuntimeError):
+    """An image file that PIL cannot decode (truncated, corrupt, not an image)."""
+
+
+def read_image(path: str) -> Image.Image:
+    """Opens and fully decodes an RGB image, naming the file in any error."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, UnidentifiedImageError, ValueError) as error:
+        raise UnreadableImageError(f"cannot read image {path}: {error}") from error
+
+
+class TrainDataset(Dataset):
+    """Training images with relabelled identities.
+
+    Keys come from :class:`EpochTaggedSampler` as ``(epoch, rank, position, index)``: the random
+    augmentation of each draw is seeded from ``(seed, epoch, rank, position)``, so it is the same
+    whatever the number of loader workers and after a resume, and two draws of one image in an
+    epoch (identities with fewer than K images) still get different augmentations.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        labels: Sequence[int],
+        transform: Transform,
+        seed: int = 0,
+    ) -> None:
+        if len(samples) != len(labels):
+            raise ValueError(f"{len(samples)} samples but {len(labels)} labels")
+        self.samples = list(samples)
+        self.labels = list(labels)
+        self.transform = transform
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, key: tuple[int, int, int, int] | int) -> dict[str, Any]:
+        if isinstance(key, tuple):
+            epoch, rank, position, index = key
+            words = [self.seed, epoch, rank, position]
+            torch.manual_seed(int(np.random.SeedSequence(words).generate_state(1)[0]))
+        else:
+            index = key
+        sample = self.samples[index]
+        return {
+            "image": self.transform(read_image(sample.path)),
+            "pid": self.labels[index],
+            "camid": sample.camid,
+            "domain": sample.domain,
+            "index": index,
+        }
+
+
+class EvalDataset(Dataset):
+    """A test target: queries first, then the gallery; ``index`` is the position in that order."""
+
+    def __init__(self, query: Sequence[Sample], gallery: Sequence[Sample], transform: Transform):
+        self.samples = list(query) + list(gallery)
+        self.num_query = len(query)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = self.samples[index]
+        return {
+            "image": self.transform(read_image(sample.path)),
+            "pid": sample.pid,
+            "camid": sample.camid,
+            "domain": sample.domain,
+            "index": index,
+            "is_query": index < self.num_query,
+        }
+
+
+class EpochTaggedSampler(Sampler):
+    """Wraps an index sampler and tags each index with ``(epoch, rank, position)``.
+
+    Forwards ``set_epoch``, ``state_dict`` and ``load_state_dict`` so Lightning and the data module
+    still drive the wrapped sampler.
+    """
+
+    def __init__(self, sampler: Any) -> None:
+        super().__init__()
+        self.sampler = sampler
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[tuple[int, int, int, int]]:
+        position = self.sampler.state_dict()["position"]
+        for offset, index in enumerate(self.sampler):
+            yield self.sampler.epoch, self.sampler.rank, position + offset, int(index)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def state_dict(self) -> dict[str, int]:
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sampler.load_state_dict(state)
+
+
+class ShardSampler(Sampler[int]):
+    """Evaluation sharding without padding: rank r takes indices r, r + R, r + 2R, ...
+
+    Unlike ``DistributedSampler`` it never repeats samples to even out ranks, so gathered features
+    hold each sample exactly once (the gather keys them by ``index``).
+    """
+
+    def __init__(self, length: int, num_replicas: int, rank: int) -> None:
+        super().__init__()
+        self.indices = list(range(rank, length, num_replicas))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)

@@ -1,0 +1,60 @@
+"""Evaluate a checkpoint on any targets, without training data:
+``python -m reidgen.evaluate ckpt=outputs/runs/.../checkpoints/last.ckpt data=synth_cross``.
+
+The method is rebuilt from the checkpoint alone (its config and ``num_classes`` are stored in it);
+only the targets of ``data`` are read.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from reidgen import resolvers
+from reidgen.data.datamodule import ReIDDataModule
+from reidgen.methods.base import load_method
+from reidgen.results import format_table, write_metrics
+from reidgen.run import describe_sources
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    method = load_method(cfg.ckpt)
+    datamodule: ReIDDataModule = instantiate(cfg.data, sources=[])
+    datamodule.setup("test")
+    trainer: pl.Trainer = instantiate(cfg.trainer, logger=False, callbacks=[])
+    trainer.test(method, datamodule=datamodule, verbose=False)
+    results = method.eval_results["test"]
+    record: dict[str, Any] = {
+        "method": method.method_config["_target_"],
+        "checkpoint": str(Path(cfg.ckpt).resolve()),
+        "data_name": HydraConfig.get().runtime.choices.get("data"),
+        **describe_sources(datamodule),
+        "seed": cfg.seed,
+        "world_size": trainer.world_size,
+        "run_dir": str(run_dir),
+    }
+    if trainer.is_global_zero:
+        record = write_metrics(run_dir / "metrics.json", results, **record)
+        print(format_table(results, f"reidgen evaluation of {cfg.ckpt}"))
+    return record
+
+
+resolvers.register()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""ReIDMethod: the LightningModule every method extends; it owns validation and test.
+
+A method implements ``training_step`` and ``extract(images) -> features``; it may override
+``distance`` (e.g. QAConv's matcher). Evaluation is the same for all methods: features of every
+target's query and gallery are extracted per shard, gathered across processes by sample index,
+ranked by :func:`reidgen.eval.evaluate_ranking`, and logged as ``<stage>/<target>/<metric>`` plus
+the mean over targets ``<stage>/mean/<metric>``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from torch import Tensor
+
+from reidgen.eval import DistanceFn, chunked_distance, evaluate_ranking
+from reidgen.eval.gather import gather_by_index
+
+METRIC_KEYS = ("mAP", "rank1", "rank5", "rank10", "mINP")
+CHECKPOINT_KEY = "reidgen"
+
+
+class ReIDMethod(pl.LightningModule):
+    """Base class: shared evaluation, checkpoint metadata.
+
+    :param num_classes: training identities (saved in checkpoints, so loading needs no data).
+    :param flip_test: average the features of each image and its mirror image at test time.
+    """
+
+    def __init__(self, num_classes: int, flip_test: bool = False) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.flip_test = flip_test
+        # Set by the entry point: the method's config, stored in checkpoints to rebuild it.
+        self.method_config: dict[str, Any] | None = None
+        self.eval_results: dict[str, dict[str, dict[str, float]]] = {}
+        self._eval_outputs: dict[int, list[dict[str, Tensor]]] = {}
+
+    def extract(self, images: Tensor) -> Tensor:
+        """Retrieval features of ``images`` [B, 3, H, W]: [B, D] (or [B, ...] with ``distance``)."""
+        raise NotImplementedError
+
+    def distance(self, query_features: Tensor, gallery_features: Tensor) -> DistanceFn:
+        """Query-gallery distances, computed a chunk of queries at a time (default: cosine)."""
+        return chunked_distance(query_features, gallery_features, "cosine")
+
+    # ----------------------------------------------------------------------- evaluation
+    def _extract_for_eval(self, images: Tensor) -> Tensor:
+        features = self.extract(images)
+        if self.flip_test:
+            features = (features + self.extract(torch.flip(images, dims=[3]))) / 2
+        return features
+
+    def _eval_step(self, batch: dict[str, Tensor], dataloader_idx: int) -> None:
+        self._eval_outputs.setdefault(dataloader_idx, []).append(
+            {
+                "features": self._extract_for_eval(batch["image"]),
+                "pid": batch["pid"],
+                "camid": batch["camid"],
+                "index": batch["index"],
+            }
+        )
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0):
+        self._eval_step(batch, dataloader_idx)
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0):
+        self._eval_step(batch, dataloader_idx)
+
+    def on_validation_epoch_start(self) -> None:
+        self._eval_outputs = {}
+
+    def on_test_epoch_start(self) -> None:
+        self._eval_outputs = {}
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking:
+            self._finish_eval("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._finish_eval("test")
+
+    def _finish_eval(self, stage: str) -> None:
+        datamodule = self.trainer.datamodule
+        results: dict[str, dict[str, float]] = {}
+        for position, (name, dataset) in enumerate(datamodule.eval_sets.items()):
+            outputs = self._eval_outputs.get(position, [])
+            total = len(dataset)
+            gathered = {
+                key: gather_by_index(
+                    torch.cat([o[key] for o in outputs]) if outputs else self._empty(key),
+                    torch.cat([o["index"] for o in outputs]) if outputs else self._empty("index"),
+                    total,
+                )
+                for key in ("features", "pid", "camid")
+            }
+            split = dataset.num_query
+            metrics = evaluate_ranking(
+                self.distance(gathered["features"][:split], gathered["features"][split:]),
+                gathered["pid"][:split],
+                gathered["camid"][:split],
+                gathered["pid"][split:],
+                gathered["camid"][split:],
+            )
+            results[name] = {**metrics, "num_query": split, "num_gallery": total - split}
+        results["mean"] = {
+            key: sum(r[key] for r in results.values()) / len(results) for key in METRIC_KEYS
+        }
+        for target, metrics in results.items():
+            for key in METRIC_KEYS:
+                self.log(f"{stage}/{target}/{key}", metrics[key], add_dataloader_idx=False)
+        self.eval_results[stage] = results
+        self._eval_outputs = {}
+
+    def _empty(self, key: str) -> Tensor:
+        # A rank whose shard of a tiny target is empty still joins the gather.
+        if key == "features":
+            raise RuntimeError("a process got no evaluation samples; use fewer processes")
+        return torch.zeros(0, dtype=torch.long, device=self.device)
+
+    # ----------------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CHECKPOINT_KEY] = {
+            "method_config": self.method_config,
+            "num_classes": self.num_classes,
+        }
+
+
+def load_method(path: str | Path, map_location: str | torch.device = "cpu") -> ReIDMethod:
+    """Rebuilds a method from a reidgen checkpoint alone: its config and weights, no data."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+    meta = checkpoint.get(CHECKPOINT_KEY)
+    if not meta or meta.get("method_config") is None:
+        raise ValueError(f"{path} is not a reidgen checkpoint (no '{CHECKPOINT_KEY}' entry)")
+    method = instantiate(meta["method_config"], num_classes=meta["num_classes"])
+    method.load_state_dict(checkpoint["state_dict"])
+    method.method_config = meta["method_config"]
+    return method

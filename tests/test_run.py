@@ -1,0 +1,241 @@
+"""The run loop end to end: the real entry points (``python -m reidgen.run`` / ``evaluate``) on the
+tiny SynthPerson preset, in subprocesses, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from reidgen.data.synthperson import index_synthperson
+from reidgen.eval import evaluate_ranking
+from reidgen.methods.base import METRIC_KEYS
+
+QUICK = ["experiment=quick", "hardware=cpu", "trainer.precision=32-true"]
+
+
+def run_module(
+    module: str, args: list[str], data_dir: Path, log_dir: Path, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "REIDGEN_DATA_DIR": str(data_dir),
+        "REIDGEN_LOG_DIR": str(log_dir),
+        "WANDB_SILENT": "true",
+        "PYTHONUNBUFFERED": "1",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{module} {args} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+        )
+    return result
+
+
+def only_run(log_dir: Path, kind: str = "runs") -> Path:
+    runs = sorted((log_dir / kind).iterdir())
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def metrics_of(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def two_epoch_run(tmp_path_factory: pytest.TempPathFactory, synth_data_dir: Path) -> Path:
+    log_dir = tmp_path_factory.mktemp("two-epochs")
+    run_module("reidgen.run", QUICK, synth_data_dir, log_dir)
+    return only_run(log_dir)
+
+
+def studio_tiny(data_dir: Path) -> Path:
+    return data_dir / "synthperson" / "studio-tiny-128x64-seed0"
+
+
+def chance_map(root: Path) -> float:
+    """mAP of random distances under the same protocol, averaged over 20 draws."""
+    splits = index_synthperson(root)
+    generator = torch.Generator().manual_seed(0)
+    values = [
+        evaluate_ranking(
+            torch.rand(len(splits.query), len(splits.gallery), generator=generator),
+            [s.pid for s in splits.query],
+            [s.camid for s in splits.query],
+            [s.pid for s in splits.gallery],
+            [s.camid for s in splits.gallery],
+        )["mAP"]
+        for _ in range(20)
+    ]
+    return sum(values) / len(values)
+
+
+@pytest.mark.slow
+def test_training_learns_and_beats_chance(two_epoch_run: Path, synth_data_dir: Path) -> None:
+    record = metrics_of(two_epoch_run)
+    target = record["metrics"]["synth_studio"]
+    assert record["sources"] == ["synth_studio"] and record["epochs"] == 2
+    rows = [
+        line.split(",") for line in (two_epoch_run / "csv" / "metrics.csv").read_text().splitlines()
+    ]
+    column = rows[0].index("train/loss_epoch")
+    losses = [float(row[column]) for row in rows[1:] if row[column]]
+    assert len(losses) == 2 and losses[1] < losses[0]
+    assert target["mAP"] > chance_map(studio_tiny(synth_data_dir)) + 10
+    for key in (*METRIC_KEYS, "num_valid_queries", "num_query", "num_gallery"):
+        assert key in target
+    for name in ("config.yaml", "metrics.json", "checkpoints/last.ckpt", ".hydra/config.yaml"):
+        assert (two_epoch_run / name).is_file(), name
+    assert list((two_epoch_run / "checkpoints").glob("best-epoch=*.ckpt"))
+
+
+@pytest.mark.slow
+def test_resume_continues_exactly(
+    two_epoch_run: Path, tmp_path: Path, synth_data_dir: Path
+) -> None:
+    first = tmp_path / "first"
+    run_module("reidgen.run", [*QUICK, "trainer.max_epochs=1"], synth_data_dir, first)
+    checkpoint = only_run(first) / "checkpoints" / "last.ckpt"
+    resumed = tmp_path / "resumed"
+    run_module("reidgen.run", [*QUICK, f"ckpt_path={checkpoint}"], synth_data_dir, resumed)
+    uninterrupted = metrics_of(two_epoch_run)
+    continued = metrics_of(only_run(resumed))
+    assert continued["epochs"] == uninterrupted["epochs"] == 2
+    assert continued["metrics"] == uninterrupted["metrics"]
+    last_uninterrupted = torch.load(two_epoch_run / "checkpoints" / "last.ckpt", weights_only=False)
+    last_continued = torch.load(only_run(resumed) / "checkpoints" / "last.ckpt", weights_only=False)
+    assert last_continued["global_step"] == last_uninterrupted["global_step"]
+    for name, tensor in last_uninterrupted["state_dict"].items():
+        assert torch.equal(tensor, last_continued["state_dict"][name]), name
+
+
+@pytest.mark.slow
+def test_evaluate_reproduces_the_run(
+    two_epoch_run: Path, tmp_path: Path, synth_data_dir: Path
+) -> None:
+    checkpoint = two_epoch_run / "checkpoints" / "last.ckpt"
+    empty_data = tmp_path / "no-training-data"
+    # Only the test target is needed: copy it alone into an otherwise empty data folder.
+    shutil.copytree(
+        studio_tiny(synth_data_dir), empty_data / "synthperson" / "studio-tiny-128x64-seed0"
+    )
+    run_module(
+        "reidgen.evaluate",
+        [f"ckpt={checkpoint}", "data=synth_tiny", "hardware=cpu", "trainer.precision=32-true"],
+        empty_data,
+        tmp_path / "logs",
+    )
+    evaluation = metrics_of(only_run(tmp_path / "logs", "evaluations"))
+    assert evaluation["metrics"] == metrics_of(two_epoch_run)["metrics"]
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes_evaluates_the_same_samples(
+    two_epoch_run: Path, tmp_path: Path, synth_data_dir: Path
+) -> None:
+    checkpoint = two_epoch_run / "checkpoints" / "last.ckpt"
+    run_module(
+        "reidgen.evaluate",
+        [f"ckpt={checkpoint}", "data=synth_tiny", "hardware=ddp_cpu"],
+        synth_data_dir,
+        tmp_path / "ddp",
+    )
+    distributed = metrics_of(only_run(tmp_path / "ddp", "evaluations"))
+    single = metrics_of(two_epoch_run)
+    assert distributed["world_size"] == 2
+    for target, values in single["metrics"].items():
+        for key in ("num_query", "num_gallery", "num_valid_queries", "num_skipped_queries"):
+            if key in values:
+                assert distributed["metrics"][target][key] == values[key]
+        for key in METRIC_KEYS:
+            assert distributed["metrics"][target][key] == pytest.approx(values[key], abs=1e-4)
+    # And a distributed training run goes through.
+    run_module(
+        "reidgen.run",
+        ["experiment=quick", "hardware=ddp_cpu", "trainer.max_epochs=1"],
+        synth_data_dir,
+        tmp_path / "ddp-train",
+    )
+    assert metrics_of(only_run(tmp_path / "ddp-train"))["world_size"] == 2
+
+
+@pytest.mark.slow
+def test_wandb_offline_run_writes_its_folder_also_on_failure(
+    tmp_path: Path, synth_data_dir: Path
+) -> None:
+    run_module(
+        "reidgen.run",
+        [*QUICK, "logger=wandb", "trainer.max_epochs=1"],
+        synth_data_dir,
+        tmp_path / "ok",
+    )
+    run_dir = only_run(tmp_path / "ok")
+    offline = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1 and list(offline[0].glob("*.wandb"))
+    log = (offline[0] / "logs" / "debug.log").read_text()
+    assert "finishing run" in log and "got exitcode: 0" in log
+
+    broken = tmp_path / "broken-data"
+    shutil.copytree(
+        studio_tiny(synth_data_dir), broken / "synthperson" / "studio-tiny-128x64-seed0"
+    )
+    victim = sorted(
+        (broken / "synthperson" / "studio-tiny-128x64-seed0" / "bounding_box_train").glob("*.jpg")
+    )[0]
+    victim.write_bytes(b"not a jpeg")
+    result = run_module(
+        "reidgen.run", [*QUICK, "logger=wandb"], broken, tmp_path / "failed", check=False
+    )
+    assert result.returncode != 0
+    assert f"cannot read image {victim}" in result.stderr
+    failed = list((only_run(tmp_path / "failed") / "wandb").glob("offline-run-*"))
+    assert len(failed) == 1
+    log = (failed[0] / "logs" / "debug.log").read_text()
+    assert "finishing run" in log and "got exitcode: 1" in log
+
+
+def test_unknown_keys_and_options_fail_clearly(tmp_path: Path, synth_data_dir: Path) -> None:
+    typo = run_module("reidgen.run", ["method.lrr=0.1"], synth_data_dir, tmp_path, check=False)
+    assert typo.returncode != 0 and "Key 'lrr' is not in struct" in typo.stderr
+    added = run_module(
+        "reidgen.run", [*QUICK, "+method.lrr=0.1"], synth_data_dir, tmp_path, check=False
+    )
+    assert added.returncode != 0 and "unexpected keyword argument 'lrr'" in added.stderr
+    option = run_module("reidgen.run", ["method=nope"], synth_data_dir, tmp_path, check=False)
+    assert option.returncode != 0 and "Could not find 'method/nope'" in option.stderr
+
+
+def test_missing_dataset_folder_fails_clearly(tmp_path: Path, synth_data_dir: Path) -> None:
+    missing = tmp_path / "Market-1501-v15.09.15"
+    target = f"{{_target_:reidgen.data.sources.MarketLayoutSource,root:{missing},name:market}}"
+    result = run_module(
+        "reidgen.run", [*QUICK, f"data.targets=[{target}]"], synth_data_dir, tmp_path, check=False
+    )
+    assert result.returncode != 0
+    assert f"dataset 'market': folder {missing} does not exist" in result.stderr
+
+
+@pytest.mark.slow
+def test_multirun_sweep_puts_each_job_in_its_own_folder(
+    tmp_path: Path, synth_data_dir: Path
+) -> None:
+    run_module(
+        "reidgen.run", ["-m", *QUICK, "trainer.max_epochs=1", "seed=0,1"], synth_data_dir, tmp_path
+    )
+    sweep = only_run(tmp_path, "multiruns")
+    jobs = sorted(p for p in sweep.iterdir() if (p / "metrics.json").is_file())
+    assert [p.name for p in jobs] == ["0_baseline_synth_tiny", "1_baseline_synth_tiny"]
+    assert [metrics_of(p)["seed"] for p in jobs] == [0, 1]
+    assert metrics_of(jobs[0])["metrics"] != metrics_of(jobs[1])["metrics"]
