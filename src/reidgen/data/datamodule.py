@@ -164,8 +164,19 @@ class ReIDDataModule(pl.LightningDataModule):
         return self._eval_loaders()
 
     def state_dict(self) -> dict[str, Any]:
-        """The sampler's epoch and position, so a resumed run draws the same batches."""
-        return {"sampler": self._sampler.state_dict()} if self._sampler is not None else {}
+        """The sampler's epoch and position, so a resumed run draws the same batches.
+
+        The position counts batches *trained*, not indices handed to the loader: workers and
+        Lightning prefetch, so the sampler itself runs ahead of training.
+        """
+        if self._sampler is None:
+            pending = self._pending_sampler_state
+            return {"sampler": pending} if pending is not None else {}
+        state = self._sampler.state_dict()
+        if self.trainer is not None:
+            trained = self.trainer.fit_loop.epoch_loop.batch_progress.current.completed
+            state["position"] = min(trained * self._sampler.per_rank_batch_size, len(self._sampler))
+        return {"sampler": state}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._pending_sampler_state = state.get("sampler")

@@ -62,13 +62,21 @@ class TrainDataset(Dataset):
     def __getitem__(self, key: tuple[int, int, int, int] | int) -> dict[str, Any]:
         if isinstance(key, tuple):
             epoch, rank, position, index = key
-            words = [self.seed, epoch, rank, position]
-            torch.manual_seed(int(np.random.SeedSequence(words).generate_state(1)[0]))
+            seed = int(
+                np.random.SeedSequence([self.seed, epoch, rank, position]).generate_state(1)[0]
+            )
         else:
-            index = key
+            index, seed = key, None
         sample = self.samples[index]
+        image = read_image(sample.path)
+        # A private RNG state: with num_workers=0 this runs in the training process, whose global
+        # RNG must not be reset by data loading.
+        with torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(seed)
+            tensor = self.transform(image)
         return {
-            "image": self.transform(read_image(sample.path)),
+            "image": tensor,
             "pid": self.labels[index],
             "camid": sample.camid,
             "domain": sample.domain,

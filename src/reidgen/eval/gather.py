@@ -34,8 +34,14 @@ def gather_by_index(values: Tensor, index: Tensor, total: int) -> Tensor:
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         values = torch.cat(_all_gather_variable(values))
         index = torch.cat(_all_gather_variable(index))
-    counts = torch.bincount(index.long().cpu(), minlength=total)
-    if counts.numel() != total or not bool((counts == 1).all()):
+    index_cpu = index.long().cpu()
+    if index_cpu.numel() and (int(index_cpu.min()) < 0 or int(index_cpu.max()) >= total):
+        outside = index_cpu[(index_cpu < 0) | (index_cpu >= total)][0]
+        raise RuntimeError(
+            f"evaluation produced sample index {int(outside)} outside 0..{total - 1}"
+        )
+    counts = torch.bincount(index_cpu, minlength=total)
+    if not bool((counts == 1).all()):
         wrong = int(torch.nonzero(counts != 1)[0].item())
         raise RuntimeError(
             f"evaluation saw sample {wrong} {int(counts[wrong])} times (expected once each of "
