@@ -14,19 +14,16 @@ import hydra
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from reidgen import resolvers
 from reidgen.data.datamodule import ReIDDataModule
 from reidgen.methods.base import load_method
-from reidgen.results import format_table, write_metrics
-from reidgen.run import describe_sources
+from reidgen.run import describe_sources, finish_run, start_run
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    run_dir = Path(cfg.paths.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    run_dir = start_run(cfg)
     method = load_method(cfg.ckpt)
     datamodule: ReIDDataModule = instantiate(cfg.data, sources=[])
     datamodule.setup("test")
@@ -42,10 +39,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "world_size": trainer.world_size,
         "run_dir": str(run_dir),
     }
-    if trainer.is_global_zero:
-        record = write_metrics(run_dir / "metrics.json", results, **record)
-        print(format_table(results, f"reidgen evaluation of {cfg.ckpt}"))
-    return record
+    return finish_run(trainer, run_dir, results, record, f"reidgen evaluation of {cfg.ckpt}")
 
 
 resolvers.register()

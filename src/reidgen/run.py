@@ -50,11 +50,33 @@ def describe_sources(datamodule: ReIDDataModule) -> dict[str, Any]:
     }
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Fits ``cfg.method`` on ``cfg.data``, tests the final weights, returns the metrics record."""
+def start_run(cfg: DictConfig) -> Path:
+    """Creates the run folder and saves every value the run uses, resolved, as config.yaml."""
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    return run_dir
+
+
+def finish_run(
+    trainer: pl.Trainer,
+    run_dir: Path,
+    results: dict[str, dict[str, float]],
+    record: dict[str, Any],
+    title: str,
+) -> dict[str, Any]:
+    """On the main process: writes metrics.json and prints the results table."""
+    if not trainer.is_global_zero:
+        return record
+    record = write_metrics(run_dir / "metrics.json", results, **record)
+    print(format_table(results, title))
+    print(f"\nrun folder: {run_dir}")
+    return record
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fits ``cfg.method`` on ``cfg.data``, tests the final weights, returns the metrics record."""
+    run_dir = start_run(cfg)
     pl.seed_everything(cfg.seed, workers=True)
 
     datamodule: ReIDDataModule = instantiate(cfg.data)
@@ -94,11 +116,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "num_classes": datamodule.num_classes,
         "run_dir": str(run_dir),
     }
-    if trainer.is_global_zero:
-        record = write_metrics(run_dir / "metrics.json", results, **record)
-        print(format_table(results, f"reidgen {record['method_name']} on {record['data_name']}"))
-        print(f"\nrun folder: {run_dir}")
-    return record
+    title = f"reidgen {record['method_name']} on {record['data_name']}"
+    return finish_run(trainer, run_dir, results, record, title)
 
 
 resolvers.register()
