@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from reidgen.eval import chunked_distance, evaluate_ranking, pairwise_distance
+from reidgen.eval import chunked_distance, evaluate_ranking, pairwise_distance, ranking
 
 METRIC_KEYS = ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")
 
@@ -237,3 +237,81 @@ def test_unknown_metric_is_an_error() -> None:
         pairwise_distance(features, features, "manhattan")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="unknown metric"):
         chunked_distance(features, features, "manhattan")  # type: ignore[arg-type]
+
+
+def large_problem(seed: int, kind: str) -> tuple[np.ndarray, ...]:
+    """300 queries x 2,000 gallery items (~100 pids over 6 cameras, distractors and junk).
+
+    ``kind`` picks the distances: ``"model"`` (float32, positives mostly near the top, as a
+    trained model gives), ``"random"`` (float32, no signal: every query's positives spread over
+    the whole list), ``"ties"`` (integers 0..9: ties everywhere, positives against negatives
+    too), ``"positive_ties"`` (positives tie with one another but never with a negative),
+    ``"non_finite"`` (float64 with +-inf and NaN sprinkled in, positives included).
+    """
+    rng = np.random.default_rng(seed)
+    num_q, num_g, num_pids, num_cams = 300, 2000, 100, 6
+    g_pids = rng.integers(1, num_pids + 1, size=num_g)
+    g_pids[rng.random(num_g) < 0.15] = 0  # distractors
+    g_pids[rng.random(num_g) < 0.05] = -1  # junk
+    g_cams = rng.integers(0, num_cams, size=num_g)
+    q_pids = rng.integers(1, num_pids + 1, size=num_q)
+    q_pids[:3] = [-1, 0, num_pids + 7]  # a junk query, a distractor query, an unknown pid
+    q_cams = rng.integers(0, num_cams, size=num_q)
+
+    same_pid = q_pids[:, None] == g_pids[None, :]
+    if kind == "model":
+        dist = rng.random((num_q, num_g)) + np.where(same_pid, 0.0, 0.6)
+    elif kind == "random":
+        dist = rng.random((num_q, num_g))
+    elif kind == "ties":
+        dist = rng.integers(0, 10, size=(num_q, num_g))
+    elif kind == "positive_ties":
+        # Even values for same-pid items, odd ones for the rest.
+        dist = 2 * rng.integers(0, 8, size=(num_q, num_g)) + np.where(same_pid, 0, 1)
+    else:
+        dist = rng.random((num_q, num_g)) + np.where(same_pid, 0.0, 0.3)
+        special = rng.choice([np.inf, -np.inf, np.nan], size=dist.shape)
+        dist = np.where(rng.random(dist.shape) < 0.02, special, dist)
+        dist[same_pid & (rng.random(dist.shape) < 0.1)] = np.nan
+        dist[same_pid & (rng.random(dist.shape) < 0.1)] = np.inf
+    dtype = {"ties": np.int64, "positive_ties": np.int64, "non_finite": np.float64}
+    return dist.astype(dtype.get(kind, np.float32)), q_pids, q_cams, g_pids, g_cams
+
+
+@pytest.mark.parametrize("kind", ["model", "random", "ties", "positive_ties", "non_finite"])
+def test_matches_reference_on_large_problems(kind: str) -> None:
+    dist, *ids = large_problem(seed=11, kind=kind)
+    result = evaluate_ranking(torch.from_numpy(dist), *ids, ranks=(1, 5, 10, 20, 100))
+    assert_metrics_close(result, reference_ranking(dist, *ids, ranks=(1, 5, 10, 20, 100)))
+    assert result["num_skipped_queries"] >= 2  # the junk query and the unknown pid
+
+
+@pytest.mark.parametrize("kind", ["model", "ties", "non_finite"])
+def test_large_results_do_not_depend_on_chunks_or_memory_budget(
+    kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dist, *ids = large_problem(seed=12, kind=kind)
+    dist = torch.from_numpy(dist)
+    expected = evaluate_ranking(dist, *ids)  # one chunk, one group of candidates
+    for chunk_size in (1, 7, 64, 299):
+        assert evaluate_ranking(dist, *ids, chunk_size=chunk_size) == expected
+    # A budget this small splits every chunk's candidates into many groups of rows, and hands
+    # the collected items to the exact comparison after every chunk.
+    monkeypatch.setattr(ranking, "MEMORY_BUDGET", 200_000)
+    assert evaluate_ranking(dist, *ids, chunk_size=32) == expected
+    assert evaluate_ranking(lambda a, b: dist[a:b].clone(), *ids) == expected
+
+
+def test_equal_and_negative_zero_distances_tie() -> None:
+    # -0.0 == 0.0, so the ranked list keeps gallery order: the negative g0 comes first.
+    dist = torch.tensor([[0.0, -0.0, 0.0]])
+    result = evaluate_ranking(dist, [1], [0], [2, 1, 1], [1, 1, 1], ranks=(1,))
+    assert result["mAP"] == pytest.approx(100 * (1 / 2 + 2 / 3) / 2)
+
+
+def test_large_integer_distances_are_not_rounded() -> None:
+    # 2**40 + 1 and 2**40 + 2 are one float32 value; ranked as integers, the positive g0 is 2nd.
+    big = 2**40
+    dist = torch.tensor([[big + 2, big + 1, big + 3]])
+    result = evaluate_ranking(dist, [1], [0], [1, 2, 2], [1, 1, 1], ranks=(1, 2))
+    assert (result["rank1"], result["rank2"], result["mAP"]) == (0.0, 100.0, 50.0)

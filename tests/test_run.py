@@ -239,3 +239,27 @@ def test_multirun_sweep_puts_each_job_in_its_own_folder(
     assert [p.name for p in jobs] == ["0_baseline_synth_tiny", "1_baseline_synth_tiny"]
     assert [metrics_of(p)["seed"] for p in jobs] == [0, 1]
     assert metrics_of(jobs[0])["metrics"] != metrics_of(jobs[1])["metrics"]
+
+
+@pytest.mark.slow
+def test_evaluate_with_test_time_options(
+    two_epoch_run: Path, tmp_path: Path, synth_data_dir: Path
+) -> None:
+    checkpoint = two_epoch_run / "checkpoints" / "last.ckpt"
+    options = ["eval.rerank=true", "eval.aqe=true", "eval.flip=true"]
+    run_module(
+        "reidgen.evaluate",
+        [f"ckpt={checkpoint}", "data=synth_tiny", "hardware=cpu", *options],
+        synth_data_dir,
+        tmp_path,
+    )
+    record = metrics_of(only_run(tmp_path, "evaluations"))
+    assert (
+        record["evaluation"]["rerank"]
+        and record["evaluation"]["aqe"]
+        and record["evaluation"]["flip"]
+    )
+    assert (
+        record["metrics"]["synth_studio"]["mAP"]
+        != metrics_of(two_epoch_run)["metrics"]["synth_studio"]["mAP"]
+    )

@@ -25,6 +25,7 @@ from reidgen.run import describe_sources, finish_run, start_run
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     run_dir = start_run(cfg)
     method = load_method(cfg.ckpt)
+    method.evaluator = instantiate(cfg.eval)
     datamodule: ReIDDataModule = instantiate(cfg.data, sources=[])
     datamodule.setup("test")
     trainer: pl.Trainer = instantiate(cfg.trainer, logger=False, callbacks=[])
@@ -37,6 +38,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         **describe_sources(datamodule),
         "seed": cfg.seed,
         "world_size": trainer.world_size,
+        "evaluation": method.evaluator.settings(),
         "run_dir": str(run_dir),
     }
     return finish_run(trainer, run_dir, results, record, f"reidgen evaluation of {cfg.ckpt}")

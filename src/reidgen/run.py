@@ -83,6 +83,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule.setup("fit")
     method: ReIDMethod = instantiate(cfg.method, num_classes=datamodule.num_classes)
     method.method_config = OmegaConf.to_container(cfg.method, resolve=True)
+    method.evaluator = instantiate(cfg.eval)
 
     checkpoints = run_dir / "checkpoints"
     callbacks = [
@@ -114,6 +115,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "world_size": trainer.world_size,
         "epochs": trainer.current_epoch,
         "num_classes": datamodule.num_classes,
+        "evaluation": method.evaluator.settings(),
         "run_dir": str(run_dir),
     }
     title = f"reidgen {record['method_name']} on {record['data_name']}"

@@ -118,7 +118,10 @@ class ReIDDataModule(pl.LightningDataModule):
             for target in self.targets:
                 splits = target.load()
                 self.eval_sets[target.name] = EvalDataset(
-                    splits.query, splits.gallery, self.test_transform
+                    splits.query,
+                    splits.gallery,
+                    self.test_transform,
+                    getattr(target, "protocol", None),
                 )
 
     def train_dataloader(self) -> DataLoader:

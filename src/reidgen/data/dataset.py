@@ -16,6 +16,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, Sampler
 
 from reidgen.data.sample import Sample
+from reidgen.eval.protocols import MarketProtocol, PooledProtocol, QueryGalleryProtocol
 
 Transform = Callable[[Image.Image], torch.Tensor]
 
@@ -87,10 +88,17 @@ class TrainDataset(Dataset):
 class EvalDataset(Dataset):
     """A test target: queries first, then the gallery; ``index`` is the position in that order."""
 
-    def __init__(self, query: Sequence[Sample], gallery: Sequence[Sample], transform: Transform):
+    def __init__(
+        self,
+        query: Sequence[Sample],
+        gallery: Sequence[Sample],
+        transform: Transform,
+        protocol: QueryGalleryProtocol | PooledProtocol | None = None,
+    ) -> None:
         self.samples = list(query) + list(gallery)
         self.num_query = len(query)
         self.transform = transform
+        self.protocol = protocol or MarketProtocol()
 
     def __len__(self) -> int:
         return len(self.samples)

@@ -13,10 +13,12 @@ from typing import Protocol
 from reidgen.data.datasets.market import DUKE_NAMES, MARKET_NAMES, index_market_layout
 from reidgen.data.sample import Splits
 from reidgen.data.synthperson import ensure_synthperson, index_synthperson
+from reidgen.eval.protocols import QueryGalleryProtocol
 
 
 class DatasetSource(Protocol):
-    """Anything with a ``name`` and a ``load()`` that returns the dataset's splits."""
+    """Anything with a ``name`` and a ``load()`` that returns the dataset's splits; an optional
+    ``protocol`` attribute says how its test split is scored (default: Market-1501's)."""
 
     name: str
 
@@ -40,8 +42,10 @@ class SynthPersonSource:
         seed: int = 0,
         data_dir: str | None = None,
         name: str | None = None,
+        protocol: QueryGalleryProtocol | None = None,
     ) -> None:
         self.domain = domain
+        self.protocol = protocol
         self.preset = preset
         self.size = (height, width)
         self.seed = seed
@@ -70,7 +74,9 @@ class MarketLayoutSource:
         naming: str = "market",
         num_cameras: int | None = None,
         fps: float | None = None,
+        protocol: QueryGalleryProtocol | None = None,
     ) -> None:
+        self.protocol = protocol
         if naming not in ("market", "duke"):
             raise ValueError(f"naming must be 'market' or 'duke', got {naming!r}")
         self.root = root

@@ -1,10 +1,11 @@
 """ReIDMethod: the LightningModule every method extends; it owns validation and test.
 
 A method implements ``training_step`` and ``extract(images) -> features``; it may override
-``distance`` (e.g. QAConv's matcher). Evaluation is the same for all methods: features of every
-target's query and gallery are extracted per shard, gathered across processes by sample index,
-ranked by :func:`reidgen.eval.evaluate_ranking`, and logged as ``<stage>/<target>/<metric>`` plus
-the mean over targets ``<stage>/mean/<metric>``.
+``distance`` (e.g. QAConv's matcher) and ``rerank_rows``. Evaluation is the same for all methods:
+features of every target's query and gallery are extracted per shard, gathered across processes by
+sample index, scored by the :class:`~reidgen.eval.evaluator.Evaluator` (flip, query expansion,
+re-ranking) under the target's protocol, and logged as ``<stage>/<target>/<metric>`` plus the mean
+over targets ``<stage>/mean/<metric>``.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ import torch
 from hydra.utils import instantiate
 from torch import Tensor
 
-from reidgen.eval import DistanceFn, chunked_distance, evaluate_ranking
+from reidgen.eval import DistanceFn, chunked_distance
+from reidgen.eval.evaluator import Evaluator
 from reidgen.eval.gather import gather_by_index
+from reidgen.eval.rerank import RowsFn
 
 METRIC_KEYS = ("mAP", "rank1", "rank5", "rank10", "mINP")
 CHECKPOINT_KEY = "reidgen"
@@ -28,15 +31,15 @@ class ReIDMethod(pl.LightningModule):
     """Base class: shared evaluation, checkpoint metadata.
 
     :param num_classes: training identities (saved in checkpoints, so loading needs no data).
-    :param flip_test: average the features of each image and its mirror image at test time.
     """
 
-    def __init__(self, num_classes: int, flip_test: bool = False) -> None:
+    def __init__(self, num_classes: int) -> None:
         super().__init__()
         self.num_classes = num_classes
-        self.flip_test = flip_test
-        # Set by the entry point: the method's config, stored in checkpoints to rebuild it.
+        # Set by the entry points: the method's config (stored in checkpoints to rebuild it) and
+        # the test-time options.
         self.method_config: dict[str, Any] | None = None
+        self.evaluator = Evaluator()
         self.eval_results: dict[str, dict[str, dict[str, float]]] = {}
         self._eval_outputs: dict[int, list[dict[str, Tensor]]] = {}
 
@@ -48,10 +51,18 @@ class ReIDMethod(pl.LightningModule):
         """Query-gallery distances, computed a chunk of queries at a time (default: cosine)."""
         return chunked_distance(query_features, gallery_features, "cosine")
 
+    def rerank_rows(self, features: Tensor) -> RowsFn:
+        """Distances among all N samples as re-ranking expects them (plain, not squared):
+        ``rows(start, stop) -> Tensor[stop - start, N]``. Default: the Euclidean distance of
+        L2-normalised features, ``sqrt(2 * cosine distance)``, which ranks like :meth:`distance`.
+        """
+        cosine = self.distance(features, features)
+        return lambda start, stop: cosine(start, stop).mul(2).clamp_min(0).sqrt()
+
     # ----------------------------------------------------------------------- evaluation
     def _extract_for_eval(self, images: Tensor) -> Tensor:
         features = self.extract(images)
-        if self.flip_test:
+        if self.evaluator.flip:
             features = (features + self.extract(torch.flip(images, dims=[3]))) / 2
         return features
 
@@ -99,12 +110,13 @@ class ReIDMethod(pl.LightningModule):
                 for key in ("features", "pid", "camid")
             }
             split = dataset.num_query
-            metrics = evaluate_ranking(
-                self.distance(gathered["features"][:split], gathered["features"][split:]),
-                gathered["pid"][:split],
-                gathered["camid"][:split],
-                gathered["pid"][split:],
-                gathered["camid"][split:],
+            metrics = self.evaluator.evaluate(
+                self,
+                gathered["features"],
+                gathered["pid"],
+                gathered["camid"],
+                split,
+                dataset.protocol,
             )
             results[name] = {**metrics, "num_query": split, "num_gallery": total - split}
         results["mean"] = {

@@ -42,9 +42,8 @@ class Baseline(ReIDMethod):
         id_weight: float = 1.0,
         triplet_weight: float = 1.0,
         neck_feat: str = "after",
-        flip_test: bool = False,
     ) -> None:
-        super().__init__(num_classes, flip_test)
+        super().__init__(num_classes)
         if neck_feat not in ("after", "before"):
             raise ValueError(f"neck_feat must be 'after' or 'before', got {neck_feat!r}")
         self.backbone = backbone

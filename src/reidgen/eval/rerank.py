@@ -1,0 +1,570 @@
+"""k-reciprocal re-ranking (Zhong et al., CVPR 2017), exact and memory-bounded.
+
+The result equals the reference implementation (the numpy ``re_ranking`` of the official
+repository, copied by torchreid and fast-reid) to float32 tolerance, with the same rankings; see
+``docs/evaluation.md`` §4.3 for its exact steps. In short, over all N = Q + G samples (queries
+first, and queries are part of the neighbourhood graph):
+
+1. ``Dn[i] = d[i]**2 / max_j d[i, j]**2``: the reference squares its input and divides each row by
+   its maximum over all N columns;
+2. k-reciprocal sets ``R(i, k1)`` from each sample's ``k1 + 1`` nearest (itself included), expanded
+   by ``R(c, round(k1 / 2))`` of a member ``c`` when more than 2/3 of that set is already in
+   ``R(i, k1)``;
+3. ``V[i, j] = exp(-Dn[i, j])`` on the expanded set, rows normalised to sum 1 (sparse);
+4. local query expansion: ``V[i]`` becomes the mean of ``V`` over i's ``k2`` nearest;
+5. Jaccard distance ``J = 1 - s / (2 - s)`` with ``s[i, j] = sum_k min(V[i, k], V[j, k])``;
+6. ``final = (1 - lambda) * J + lambda * Dn`` for query rows and gallery columns.
+
+**Input contract.** Every function here takes *plain* distances (smaller = more similar,
+non-negative), e.g. the Euclidean distance, not its square: the algorithm squares them itself, so
+squared Euclidean input would act as d**4 (torchreid's mistake, ``docs/evaluation.md`` §4.5). A
+cosine distance should be given as the Euclidean distance of L2-normalised features,
+``sqrt(2 - 2 cos)`` (:func:`rerank_features` with ``metric="cosine"`` does this). Any other
+distance works too, e.g. a method's learned one; it is used as given, row ``i`` defining the
+neighbours of sample ``i``. The matrix should be symmetric: the reference normalises by column
+maxima and transposes, which equals the row-wise normalisation used here only for symmetric input.
+
+Two paths give the same numbers: :func:`k_reciprocal_rerank` holds the ``[N, N]`` matrix (memory
+``~2 N**2`` floats); :func:`rerank_topk` streams rows of the distance once, keeps each sample's
+nearest ``candidates`` (memory ``O(N * k)``) and returns a chunked distance function whose
+``[Q, G]`` result never exists whole. :func:`rerank` picks one by a memory budget, and
+:func:`rerank_features` builds the distance rows from embeddings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from reidgen.eval.distance import pairwise_distance
+from reidgen.eval.ranking import DistanceFn
+
+RowsFn = Callable[[int, int], Tensor]
+"""``rows(start, stop) -> Tensor[stop - start, N]``: plain distances of samples ``start:stop`` to
+all N samples (queries first)."""
+
+PairValues = Callable[[int, int, Tensor], Tensor]
+"""``values(start, stop, cols [C, L]) -> Tensor[C, L]``: ``Dn`` of rows ``start:stop`` at the
+given columns, NaN where unknown."""
+
+DEFAULT_MEMORY_BUDGET = 2 * 1024**3
+"""Bytes the exact path may use before :func:`rerank` switches to the top-k path."""
+
+_BLOCK = 1024  # rows per block in the O(N * k**3) neighbour-set steps; bounds their temporaries
+
+
+def k_reciprocal_rerank(
+    original: Tensor,
+    num_query: int,
+    k1: int = 20,
+    k2: int = 6,
+    lambda_value: float = 0.3,
+    *,
+    chunk_size: int = 256,
+) -> Tensor:
+    """Re-rank with the whole distance matrix in memory (the reference algorithm, vectorised).
+
+    Args:
+        original: ``[N, N]`` plain (not squared) distances among all samples, the ``num_query``
+            queries first, then the gallery; symmetric, non-negative (see the module docstring).
+        num_query: Q, the number of query rows.
+        k1, k2, lambda_value: the paper's parameters (defaults 20, 6, 0.3).
+        chunk_size: queries per Jaccard chunk; bounds the temporaries to ``O(chunk_size * N)``.
+
+    Returns:
+        ``[Q, G]`` float32 re-ranked distances, G = N - Q.
+
+    Memory: ``original`` plus one normalised ``[N, N]`` float32 copy.
+    """
+    if original.dim() != 2 or original.shape[0] != original.shape[1]:
+        raise ValueError(f"original must be a square [N, N] matrix, got {tuple(original.shape)}")
+    num_total = original.shape[0]
+    _check_parameters(num_query, num_total, k1, k2, lambda_value, chunk_size)
+    _check_distances(original)
+    dn = _normalise(original)
+    ranks, _ = _nearest(dn, _ranks_needed(k1, k2, num_total))
+
+    def values(start: int, stop: int, cols: Tensor) -> Tensor:
+        return dn[start:stop].gather(1, cols)
+
+    graph = _JaccardGraph(ranks, values, None, num_query, k1, k2)
+    final = torch.empty(num_query, num_total - num_query, device=dn.device)
+    for start in range(0, num_query, chunk_size):
+        stop = min(start + chunk_size, num_query)
+        final[start:stop] = _combine(
+            graph.jaccard(start, stop), dn[start:stop, num_query:], lambda_value
+        )
+    return final
+
+
+def rerank_topk(
+    distance_rows: RowsFn,
+    num_query: int,
+    num_total: int,
+    k1: int = 20,
+    k2: int = 6,
+    lambda_value: float = 0.3,
+    *,
+    chunk_size: int = 256,
+    candidates: int | None = None,
+) -> DistanceFn:
+    """Re-rank in ``O(N * k)`` memory from one pass over the rows of the distance.
+
+    The pass keeps, for every sample, its row maximum and its ``candidates`` nearest neighbours
+    with their distances. The expanded k-reciprocal sets may contain a few samples beyond that
+    list (neighbours of neighbours); their rows are fetched again, so the result stays exact.
+    The query rows are fetched once more, a chunk at a time, for the ``lambda * Dn`` term.
+
+    Args:
+        distance_rows: ``rows(start, stop) -> Tensor[stop - start, N]`` plain (not squared)
+            distances among all samples, queries first (see the module docstring).
+        num_query: Q; num_total: N = Q + G.
+        k1, k2, lambda_value: the paper's parameters (defaults 20, 6, 0.3).
+        chunk_size: rows per call of ``distance_rows``; memory ``O(chunk_size * N)``.
+        candidates: neighbours kept per sample (default ``2 * (k1 + 1)``); more means fewer rows
+            fetched twice and more memory. At least ``max(k1 + 1, k2)`` are kept.
+
+    Returns:
+        ``distance(start, stop) -> Tensor[stop - start, G]``: re-ranked distances of queries
+        ``start:stop`` (float32), for :func:`~reidgen.eval.evaluate_ranking`.
+    """
+    _check_parameters(num_query, num_total, k1, k2, lambda_value, chunk_size)
+    needed = _ranks_needed(k1, k2, num_total)
+    kept = min(num_total, max(needed, 2 * (k1 + 1) if candidates is None else candidates))
+    rows = _checked_rows(distance_rows, num_total)
+    ranks, dn_near, row_max = _scan(rows, num_total, kept, chunk_size)
+    # Sorted by column, so a (row, column) pair is found by binary search.
+    near_cols, order = ranks.sort(dim=1)
+    near_values = dn_near.gather(1, order)
+
+    def values(start: int, stop: int, cols: Tensor) -> Tensor:
+        sorted_cols = near_cols[start:stop]
+        pos = torch.searchsorted(sorted_cols, cols).clamp_max(kept - 1)
+        found = sorted_cols.gather(1, pos) == cols
+        return torch.where(found, near_values[start:stop].gather(1, pos), torch.nan)
+
+    def missing(row_ids: Tensor, col_ids: Tensor) -> Tensor:
+        return _fetch_pairs(rows, row_max, row_ids, col_ids, chunk_size)
+
+    graph = _JaccardGraph(ranks[:, :needed], values, missing, num_query, k1, k2)
+
+    def distance(start: int, stop: int) -> Tensor:
+        if not 0 <= start < stop <= num_query:
+            raise ValueError(f"query range {start}:{stop} outside 0:{num_query}")
+        dn = rows(start, stop).square().float().div_(row_max[start:stop, None])
+        return _combine(graph.jaccard(start, stop), dn[:, num_query:], lambda_value)
+
+    return distance
+
+
+def rerank(
+    distance: Tensor | RowsFn,
+    num_query: int,
+    k1: int = 20,
+    k2: int = 6,
+    lambda_value: float = 0.3,
+    *,
+    num_total: int | None = None,
+    chunk_size: int = 256,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+) -> DistanceFn:
+    """Re-rank exactly in memory when it fits ``memory_budget``, else with the top-k path.
+
+    Both paths give the same distances (to float tolerance); the exact one holds two ``[N, N]``
+    float32 matrices (the input and its normalised copy), which is what is compared with the
+    budget, and is faster for small N; the top-k one needs ``O(N * k + chunk_size * N)``.
+
+    Args:
+        distance: ``[N, N]`` plain distances among all samples (queries first), or a
+            ``rows(start, stop)`` callable (then ``num_total`` is required); see the module
+            docstring for the contract.
+        num_query: Q.
+        k1, k2, lambda_value: the paper's parameters.
+        num_total: N, needed only with a callable.
+        chunk_size: rows per chunk in either path.
+        memory_budget: bytes the exact path may use.
+
+    Returns:
+        ``distance(start, stop) -> Tensor[stop - start, G]`` for
+        :func:`~reidgen.eval.evaluate_ranking`.
+    """
+    if isinstance(distance, Tensor):
+        if num_total is not None and num_total != distance.shape[0]:
+            raise ValueError(f"num_total={num_total} but distance has {distance.shape[0]} rows")
+        num_total = distance.shape[0]
+        matrix = distance
+        rows: RowsFn = lambda start, stop: matrix[start:stop]  # noqa: E731
+    elif num_total is None:
+        raise ValueError("num_total is required when distance is a callable")
+    else:
+        rows = distance
+    if exact_memory_bytes(num_total) > memory_budget:
+        return rerank_topk(rows, num_query, num_total, k1, k2, lambda_value, chunk_size=chunk_size)
+    if not isinstance(distance, Tensor):
+        matrix = _gather_rows(_checked_rows(distance, num_total), num_total, chunk_size)
+    final = k_reciprocal_rerank(matrix, num_query, k1, k2, lambda_value, chunk_size=chunk_size)
+    return lambda start, stop: final[start:stop]
+
+
+def rerank_features(
+    query_features: Tensor,
+    gallery_features: Tensor,
+    metric: Literal["euclidean", "cosine"] = "euclidean",
+    k1: int = 20,
+    k2: int = 6,
+    lambda_value: float = 0.3,
+    *,
+    chunk_size: int = 256,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+) -> DistanceFn:
+    """Re-rank embeddings, computing the distance rows chunk-wise from the features.
+
+    Args:
+        query_features: ``[Q, D]``; gallery_features: ``[G, D]``.
+        metric: ``"euclidean"``: plain Euclidean distance (the reference's intended input);
+            ``"cosine"``: Euclidean distance of L2-normalised features, ``sqrt(2 - 2 cos)``, so
+            the squaring inside the algorithm yields ``2 - 2 cos`` (it ranks like cosine).
+        k1, k2, lambda_value, chunk_size, memory_budget: as in :func:`rerank`.
+
+    Returns:
+        ``distance(start, stop) -> Tensor[stop - start, G]`` for
+        :func:`~reidgen.eval.evaluate_ranking`.
+    """
+    if metric not in ("euclidean", "cosine"):
+        raise ValueError(f"unknown metric {metric!r}, expected 'euclidean' or 'cosine'")
+    features = torch.cat([query_features, gallery_features])
+    if metric == "cosine":
+        features = F.normalize(features, dim=1)
+
+    def rows(start: int, stop: int) -> Tensor:
+        return pairwise_distance(features[start:stop], features, "euclidean").sqrt_()
+
+    return rerank(
+        rows,
+        len(query_features),
+        k1,
+        k2,
+        lambda_value,
+        num_total=len(features),
+        chunk_size=chunk_size,
+        memory_budget=memory_budget,
+    )
+
+
+def exact_memory_bytes(num_total: int) -> int:
+    """Bytes of the two ``[N, N]`` float32 matrices the exact path holds."""
+    return 2 * 4 * num_total * num_total
+
+
+class _JaccardGraph:
+    """The query-expanded encodings V of all samples, kept sparse, and their Jaccard distances.
+
+    Args:
+        ranks: ``[N, K]`` nearest neighbours of every sample, nearest first,
+            ``K = min(N, max(k1 + 1, k2))``.
+        values: ``Dn`` at (row, column) pairs, NaN where unknown (:data:`PairValues`).
+        missing: ``(rows [M], cols [M]) -> Dn [M]`` for the unknown pairs; None if there are none.
+    """
+
+    def __init__(
+        self,
+        ranks: Tensor,
+        values: PairValues,
+        missing: Callable[[Tensor, Tensor], Tensor] | None,
+        num_query: int,
+        k1: int,
+        k2: int,
+    ) -> None:
+        num_total = ranks.shape[0]
+        row_ptr, cols, vals = _encode(ranks, values, missing, k1)
+        if k2 != 1:  # as in the reference; with k2 = 1 the mean could pick a tied non-self row
+            row_ptr, cols, vals = _expand_locally(row_ptr, cols, vals, ranks[:, :k2])
+        self.num_query, self.num_gallery = num_query, num_total - num_query
+        self.row_ptr, self.cols, self.vals = row_ptr, cols, vals
+        self.col_ptr, self.col_rows, self.col_vals = _gallery_columns(
+            row_ptr, cols, vals, num_query, num_total
+        )
+
+    def jaccard(self, start: int, stop: int) -> Tensor:
+        """``[stop - start, G]`` Jaccard distances of queries ``start:stop`` to the gallery."""
+        lo, hi = int(self.row_ptr[start]), int(self.row_ptr[stop])
+        query = _owners(self.row_ptr[start : stop + 1].diff())  # [E] local query of each entry
+        cols, vals = self.cols[lo:hi], self.vals[lo:hi]
+        # The inverted index: every gallery row that shares column k with the query.
+        col_start = self.col_ptr[cols]
+        owner, pos = _segments(col_start, self.col_ptr[cols + 1] - col_start)
+        shared = torch.minimum(vals[owner], self.col_vals[pos])
+        flat = query[owner] * self.num_gallery + self.col_rows[pos]
+        total = torch.zeros((stop - start) * self.num_gallery, device=vals.device)
+        total.index_add_(0, flat, shared)
+        total = total.view(stop - start, self.num_gallery)
+        # Rows of V sum to 1, so sum(max) = 2 - sum(min).
+        return 1.0 - total / (2.0 - total)
+
+
+def _encode(
+    ranks: Tensor,
+    values: PairValues,
+    missing: Callable[[Tensor, Tensor], Tensor] | None,
+    k1: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Sparse V: Gaussian weights on the expanded k-reciprocal sets, rows summing to 1.
+
+    Returns:
+        CSR ``row_ptr [N + 1]``, ``cols [nnz]`` (sorted within rows), ``vals [nnz]`` float32.
+    """
+    num_total = ranks.shape[0]
+    near = ranks[:, : min(k1 + 1, num_total)]
+    half = ranks[:, : min(round(k1 / 2) + 1, num_total)]  # round half to even, like numpy.around
+    near_recip, half_recip = _reciprocal(near), _reciprocal(half)
+    rows, cols, dn = [], [], []
+    for start in range(0, num_total, _BLOCK):
+        stop = min(start + _BLOCK, num_total)
+        ids, keep = _expanded_sets(near, near_recip, half, half_recip, start, stop)
+        block_dn = values(start, stop, ids.clamp_max(num_total - 1))
+        rows.append(torch.arange(start, stop, device=ids.device)[:, None].expand_as(ids)[keep])
+        cols.append(ids[keep])
+        dn.append(block_dn[keep])
+    rows_t, cols_t, dn_t = torch.cat(rows), torch.cat(cols), torch.cat(dn)
+    unknown = torch.isnan(dn_t)
+    if unknown.any():
+        if missing is None:
+            raise RuntimeError("neighbour distance unavailable")  # a bug, not a user error
+        dn_t[unknown] = missing(rows_t[unknown], cols_t[unknown]).to(dn_t.dtype)
+    weights = torch.exp(-dn_t)
+    sums = torch.zeros(num_total, dtype=torch.float64, device=weights.device)
+    sums.index_add_(0, rows_t, weights.double())
+    vals = weights / sums.float()[rows_t]
+    return _row_pointers(rows_t, num_total), cols_t, vals
+
+
+def _expanded_sets(
+    near: Tensor, near_recip: Tensor, half: Tensor, half_recip: Tensor, start: int, stop: int
+) -> tuple[Tensor, Tensor]:
+    """Expanded k-reciprocal sets of samples ``start:stop``, as padded sorted rows of ids.
+
+    Args:
+        near, near_recip: ``[N, k1 + 1]`` neighbours and whether each is k1-reciprocal;
+        half, half_recip: the same for ``round(k1 / 2) + 1`` neighbours.
+
+    Returns:
+        ``ids [C, L]`` sorted per row (padding = N) and ``keep [C, L]``, true once per member.
+    """
+    num_total = near.shape[0]
+    members, member_ok = near[start:stop], near_recip[start:stop]  # R(i, k1), [C, n1]
+    cand, cand_ok = half[members], half_recip[members]  # R(c, k1/2) of each member c, [C, n1, nh]
+    in_members = (cand[..., None] == members[:, None, None, :]) & member_ok[:, None, None, :]
+    overlap = (in_members.any(-1) & cand_ok).sum(-1)  # [C, n1]
+    size = cand_ok.sum(-1)
+    # The reference's float test "overlap > 2/3 * size", kept in float64 to match it exactly.
+    grow = member_ok & (overlap.double() > 2.0 / 3.0 * size.double())
+    ids = (
+        torch.cat(
+            [
+                members.masked_fill(~member_ok, num_total),
+                cand.masked_fill(~(cand_ok & grow[..., None]), num_total).flatten(1),
+            ],
+            dim=1,
+        )
+        .sort(dim=1)
+        .values
+    )
+    first = torch.ones_like(ids, dtype=torch.bool)
+    first[:, 1:] = ids[:, 1:] != ids[:, :-1]
+    return ids, first & (ids < num_total)
+
+
+def _reciprocal(lists: Tensor) -> Tensor:
+    """``[N, n]`` bool: is row i among the first n neighbours of its neighbour ``lists[i, a]``."""
+    out = torch.empty_like(lists, dtype=torch.bool)
+    for start in range(0, lists.shape[0], _BLOCK):
+        stop = min(start + _BLOCK, lists.shape[0])
+        own = torch.arange(start, stop, device=lists.device)[:, None, None]
+        out[start:stop] = (lists[lists[start:stop]] == own).any(-1)
+    return out
+
+
+def _expand_locally(
+    row_ptr: Tensor, cols: Tensor, vals: Tensor, neighbours: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Local query expansion: row i becomes the mean of the V rows of ``neighbours[i]`` (CSR)."""
+    num_total, count = neighbours.shape
+    out_rows, out_cols, out_vals = [], [], []
+    for start in range(0, num_total, _BLOCK):
+        stop = min(start + _BLOCK, num_total)
+        source = neighbours[start:stop].reshape(-1)
+        owner, pos = _segments(row_ptr[source], row_ptr[source + 1] - row_ptr[source])
+        # One key per (row, column); unique sorts them row-major, which CSR needs.
+        keys = torch.div(owner, count, rounding_mode="floor") * num_total + cols[pos]
+        unique, inverse = torch.unique(keys, return_inverse=True)
+        sums = torch.zeros(len(unique), dtype=torch.float64, device=vals.device)
+        sums.index_add_(0, inverse, vals[pos].double())
+        out_rows.append(torch.div(unique, num_total, rounding_mode="floor") + start)
+        out_cols.append(unique % num_total)
+        out_vals.append((sums / count).float())
+    rows = torch.cat(out_rows)
+    return _row_pointers(rows, num_total), torch.cat(out_cols), torch.cat(out_vals)
+
+
+def _gallery_columns(
+    row_ptr: Tensor, cols: Tensor, vals: Tensor, num_query: int, num_total: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The inverted index of V restricted to gallery rows (CSC): which gallery rows use column k.
+
+    Returns:
+        ``col_ptr [N + 1]``, ``rows [nnz_g]`` (gallery-local, 0..G-1), ``vals [nnz_g]``.
+    """
+    start = int(row_ptr[num_query])
+    rows = _owners(row_ptr[num_query:].diff())  # gallery-local row of each entry
+    gallery_cols, order = cols[start:].sort(stable=True)
+    col_ptr = _row_pointers(gallery_cols, num_total)
+    return col_ptr, rows[order], vals[start:][order]
+
+
+def _scan(
+    rows: RowsFn, num_total: int, kept: int, chunk_size: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One pass over all rows: nearest ``kept`` neighbours, their ``Dn`` and each row's max.
+
+    Returns:
+        ``ranks [N, kept]`` (int64, nearest first), ``dn [N, kept]`` float32, ``row_max [N]``
+        (of the squared distances, the normaliser of ``Dn``).
+    """
+    ranks, dn_near, row_max = [], [], []
+    for start in range(0, num_total, chunk_size):
+        squared = rows(start, min(start + chunk_size, num_total)).square().float()
+        top = squared.amax(dim=1)
+        squared.div_(top[:, None])
+        chunk_ranks, chunk_dn = _nearest(squared, kept)
+        ranks.append(chunk_ranks)
+        dn_near.append(chunk_dn)
+        row_max.append(top)
+    return torch.cat(ranks), torch.cat(dn_near), torch.cat(row_max)
+
+
+def _fetch_pairs(
+    rows: RowsFn, row_max: Tensor, row_ids: Tensor, col_ids: Tensor, chunk_size: int
+) -> Tensor:
+    """``Dn`` at given pairs by fetching the rows again, at most ``chunk_size`` rows per call.
+
+    Args:
+        row_ids: ``[M]`` sorted ascending; col_ids: ``[M]``.
+    """
+    out = torch.empty(len(row_ids), device=row_max.device)
+    needed = torch.unique(row_ids).tolist()
+    i = 0
+    while i < len(needed):
+        # One contiguous call from this row up to the last needed row within chunk_size.
+        start = needed[i]
+        j = i
+        while j + 1 < len(needed) and needed[j + 1] < start + chunk_size:
+            j += 1
+        stop = needed[j] + 1
+        dn = rows(start, stop).square().float().div_(row_max[start:stop, None])
+        lo = int(torch.searchsorted(row_ids, start))
+        hi = int(torch.searchsorted(row_ids, stop))
+        out[lo:hi] = dn[row_ids[lo:hi] - start, col_ids[lo:hi]]
+        i = j + 1
+    return out
+
+
+def _nearest(dn: Tensor, count: int) -> tuple[Tensor, Tensor]:
+    """The ``count`` smallest entries of each row, ordered by value, then by column on ties.
+
+    Returns:
+        ``ranks [R, count]`` int64 and their values ``[R, count]``.
+    """
+    values, ranks = torch.topk(dn, count, dim=1, largest=False, sorted=True)
+    # topk orders ties arbitrarily; sorting by column, then stably by value, makes it deterministic.
+    ranks, order = ranks.sort(dim=1)
+    values, order2 = values.gather(1, order).sort(dim=1, stable=True)
+    return ranks.gather(1, order2), values
+
+
+def _normalise(distance: Tensor) -> Tensor:
+    """``Dn = d**2 / rowmax(d**2)`` as float32 (squared in the input dtype, as the reference)."""
+    squared = distance.square().float()
+    return squared.div_(squared.amax(dim=1, keepdim=True))
+
+
+def _combine(jaccard: Tensor, dn: Tensor, lambda_value: float) -> Tensor:
+    return jaccard * (1.0 - lambda_value) + dn * lambda_value
+
+
+def _segments(starts: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+    """Positions ``starts[s] .. starts[s] + lengths[s] - 1`` of all segments s, concatenated.
+
+    Returns:
+        ``owner [T]`` (the segment of each position) and ``pos [T]``, T = ``lengths.sum()``.
+    """
+    owner = _owners(lengths)
+    offsets = torch.arange(len(owner), device=lengths.device) - (lengths.cumsum(0) - lengths)[owner]
+    return owner, starts[owner] + offsets
+
+
+def _owners(lengths: Tensor) -> Tensor:
+    """``[lengths.sum()]``: segment s repeated ``lengths[s]`` times."""
+    return torch.repeat_interleave(torch.arange(len(lengths), device=lengths.device), lengths)
+
+
+def _row_pointers(sorted_rows: Tensor, num_rows: int) -> Tensor:
+    """CSR pointers ``[num_rows + 1]`` of entries whose (sorted) row ids are ``sorted_rows``."""
+    counts = torch.bincount(sorted_rows, minlength=num_rows)
+    return torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+
+
+def _ranks_needed(k1: int, k2: int, num_total: int) -> int:
+    """Neighbour columns the algorithm reads: k1 + 1 for the sets, k2 for query expansion."""
+    return min(num_total, max(k1 + 1, k2))
+
+
+def _gather_rows(rows: RowsFn, num_total: int, chunk_size: int) -> Tensor:
+    return torch.cat(
+        [
+            rows(start, min(start + chunk_size, num_total))
+            for start in range(0, num_total, chunk_size)
+        ]
+    )
+
+
+def _checked_rows(rows: RowsFn, num_total: int) -> RowsFn:
+    """``rows`` with its output shape and values checked on every call."""
+
+    def checked(start: int, stop: int) -> Tensor:
+        out = rows(start, stop)
+        if out.shape != (stop - start, num_total):
+            raise ValueError(
+                f"distance rows {start}:{stop} have shape {tuple(out.shape)}, "
+                f"expected {(stop - start, num_total)}"
+            )
+        _check_distances(out)
+        return out
+
+    return checked
+
+
+def _check_distances(distance: Tensor) -> None:
+    # Squaring would silently reorder negative entries, and NaN poisons a whole row's normaliser.
+    if torch.isnan(distance).any() or (distance < 0).any():
+        raise ValueError("distances must be non-negative and not NaN (plain distances, see docs)")
+    if (distance.amax(dim=1) == 0).any():
+        raise ValueError(
+            "a sample is at distance 0 from every sample; its row cannot be normalised"
+        )
+
+
+def _check_parameters(
+    num_query: int, num_total: int, k1: int, k2: int, lambda_value: float, chunk_size: int
+) -> None:
+    if not 0 < num_query < num_total:
+        raise ValueError(f"need 0 < num_query < N, got num_query={num_query}, N={num_total}")
+    if k1 < 1 or k2 < 1:
+        raise ValueError(f"k1 and k2 must be positive, got k1={k1}, k2={k2}")
+    if not 0.0 <= lambda_value <= 1.0:
+        raise ValueError(f"lambda_value must be in [0, 1], got {lambda_value}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
