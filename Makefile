@@ -28,6 +28,8 @@ lint: install
 bench: install
 	$(BIN)/python benchmarks/bench_synthperson.py
 	$(BIN)/python benchmarks/bench_training_step.py
+	$(BIN)/python benchmarks/bench_ranking.py
+	$(BIN)/python benchmarks/bench_rerank.py
 
 # The main job: train the baseline on SynthPerson (generated on first use), evaluate, print the
 # results table. Extra Hydra overrides: make run ARGS="method=baseline data=synth".
