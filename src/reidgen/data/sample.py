@@ -29,7 +29,10 @@ class Splits:
     """A dataset's three splits, each sorted by path with ``index`` set to the position.
 
     ``dropped`` counts what the protocol removed at index time (e.g. Market junk), per split, so
-    that nothing disappears without a trace.
+    that nothing disappears without a trace. ``variant`` names the layout or version the indexer
+    found (e.g. ``"MSMT17_V2 trainval"``), and ``expected`` holds the published counts for it,
+    ``{split: {"identities": int, "images": int, "cameras": int}}``, which validation compares with
+    :meth:`summary` (``None`` where nothing is published, e.g. a user's own data).
     """
 
     name: str
@@ -37,6 +40,8 @@ class Splits:
     query: list[Sample]
     gallery: list[Sample]
     dropped: dict[str, int] = field(default_factory=dict)
+    variant: str = ""
+    expected: dict[str, dict[str, int]] | None = None
 
     def __post_init__(self) -> None:
         for split in ("train", "query", "gallery"):
