@@ -85,8 +85,8 @@ def chance_map(root: Path) -> float:
 @pytest.mark.slow
 def test_training_learns_and_beats_chance(two_epoch_run: Path, synth_data_dir: Path) -> None:
     record = metrics_of(two_epoch_run)
-    target = record["metrics"]["synth_studio"]
-    assert record["sources"] == ["synth_studio"] and record["epochs"] == 2
+    target = record["metrics"]["synth_studio_tiny"]
+    assert record["sources"] == ["synth_studio_tiny"] and record["epochs"] == 2
     rows = [
         line.split(",") for line in (two_epoch_run / "csv" / "metrics.csv").read_text().splitlines()
     ]
@@ -218,13 +218,24 @@ def test_unknown_keys_and_options_fail_clearly(tmp_path: Path, synth_data_dir: P
 
 
 def test_missing_dataset_folder_fails_clearly(tmp_path: Path, synth_data_dir: Path) -> None:
-    missing = tmp_path / "Market-1501-v15.09.15"
-    target = f"{{_target_:reidgen.data.sources.MarketLayoutSource,root:{missing},name:market}}"
+    missing = tmp_path / "nowhere"
     result = run_module(
-        "reidgen.run", [*QUICK, f"data.targets=[{target}]"], synth_data_dir, tmp_path, check=False
+        "reidgen.run",
+        [*QUICK, f"data.catalogue.market1501.root={missing}", "data.targets=[market1501]"],
+        synth_data_dir,
+        tmp_path,
+        check=False,
     )
     assert result.returncode != 0
-    assert f"dataset 'market': folder {missing} does not exist" in result.stderr
+    assert "FileNotFoundError" in result.stderr and str(missing) in result.stderr
+
+
+def test_unknown_dataset_name_fails_clearly(tmp_path: Path, synth_data_dir: Path) -> None:
+    result = run_module(
+        "reidgen.run", [*QUICK, "data.targets=[market]"], synth_data_dir, tmp_path, check=False
+    )
+    assert result.returncode != 0
+    assert "unknown dataset 'market'; the catalogue has:" in result.stderr
 
 
 @pytest.mark.slow
@@ -260,6 +271,22 @@ def test_evaluate_with_test_time_options(
         and record["evaluation"]["flip"]
     )
     assert (
-        record["metrics"]["synth_studio"]["mAP"]
-        != metrics_of(two_epoch_run)["metrics"]["synth_studio"]["mAP"]
+        record["metrics"]["synth_studio_tiny"]["mAP"]
+        != metrics_of(two_epoch_run)["metrics"]["synth_studio_tiny"]["mAP"]
     )
+
+
+@pytest.mark.slow
+def test_multi_source_run_on_two_synthperson_domains(tmp_path: Path, synth_data_dir: Path) -> None:
+    sources = "data.sources=[synth_studio_tiny,synth_street_tiny]"
+    targets = "data.targets=[synth_studio_tiny,synth_street_tiny]"
+    run_module(
+        "reidgen.run",
+        [*QUICK, sources, targets, "data.domain_balanced=true", "trainer.max_epochs=1"],
+        synth_data_dir,
+        tmp_path,
+    )
+    record = metrics_of(only_run(tmp_path))
+    assert record["sources"] == ["synth_studio_tiny", "synth_street_tiny"]
+    assert record["num_classes"] == 24
+    assert set(record["metrics"]) == {"synth_studio_tiny", "synth_street_tiny", "mean"}

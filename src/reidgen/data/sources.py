@@ -7,13 +7,13 @@ module does the rest. Configs build sources with ``_target_`` (their YAML mirror
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from reidgen.data.datasets.market import DUKE_NAMES, MARKET_NAMES, index_market_layout
 from reidgen.data.sample import Splits
 from reidgen.data.synthperson import ensure_synthperson, index_synthperson
-from reidgen.eval.protocols import QueryGalleryProtocol
+from reidgen.eval.protocols import PooledProtocol, QueryGalleryProtocol
 
 
 class DatasetSource(Protocol):
@@ -60,35 +60,32 @@ class SynthPersonSource:
         return f"SynthPersonSource({self.domain!r}, {self.preset!r}, size={self.size})"
 
 
-class MarketLayoutSource:
-    """A dataset in the Market-1501 layout that the user points to (Market-1501, DukeMTMC-reID).
+class DatasetFolder:
+    """A dataset the user keeps in a folder, read by an indexer from ``reidgen.data.datasets``.
 
-    :param naming: ``"market"`` (``0002_c1s1_000451_03.jpg``) or ``"duke"``
-        (``0005_c2_f0046985.jpg``).
+    :param root: the dataset's folder (each indexer accepts the common layouts below it).
+    :param name: the dataset's name in results and pid relabelling.
+    :param indexer: ``indexer(root, name=name) -> Splits``; in configs a ``_partial_`` of an
+        ``index_*`` function with its variant options, e.g. ``index_msmt17`` with ``version``.
+    :param protocol: how its test split is scored (default: Market-1501's).
     """
 
     def __init__(
         self,
         root: str,
         name: str,
-        naming: str = "market",
-        num_cameras: int | None = None,
-        fps: float | None = None,
-        protocol: QueryGalleryProtocol | None = None,
+        indexer: Callable[..., Splits],
+        protocol: QueryGalleryProtocol | PooledProtocol | None = None,
     ) -> None:
-        self.protocol = protocol
-        if naming not in ("market", "duke"):
-            raise ValueError(f"naming must be 'market' or 'duke', got {naming!r}")
         self.root = root
         self.name = name
-        self.names = MARKET_NAMES if naming == "market" else DUKE_NAMES
-        self.num_cameras = num_cameras
-        self.fps = fps
+        self.indexer = indexer
+        self.protocol = protocol
 
     def load(self) -> Splits:
-        return index_market_layout(
-            self.root, self.name, self.names, num_cameras=self.num_cameras, fps=self.fps
-        )
+        return self.indexer(self.root, name=self.name)
 
     def __repr__(self) -> str:
-        return f"MarketLayoutSource({self.root!r}, {self.name!r})"
+        function = getattr(self.indexer, "func", self.indexer)
+        options = getattr(self.indexer, "keywords", {})
+        return f"DatasetFolder({self.root!r}, {self.name!r}, {function.__name__}, {options})"

@@ -1,5 +1,9 @@
 """Indexer for datasets in the Market-1501 layout: Market-1501, DukeMTMC-reID, SynthPerson.
 
+:func:`index_market_layout` reads any folder in this layout; :func:`index_market1501` and
+:func:`index_dukemtmc` add the benchmarks' root layouts, clocks and published counts, and
+:func:`find_dataset_root` is the root search the other dataset indexers share.
+
 Layout: ``<root>/bounding_box_train``, ``<root>/query``, ``<root>/bounding_box_test``, one image
 per detection, identity and camera in the file name:
 
@@ -26,8 +30,8 @@ from __future__ import annotations
 import logging
 import re
 from collections import defaultdict
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from reidgen.data.sample import Sample, Splits
@@ -68,7 +72,12 @@ class _Parsed:
     frame: int
 
 
-def _list_images(folder: Path) -> list[Path]:
+def examples(items: Sequence[str]) -> str:
+    """The first five items for an error message, with an ellipsis when there are more."""
+    return ", ".join(items[:5]) + (" ..." if len(items) > 5 else "")
+
+
+def list_images(folder: Path) -> list[Path]:
     files = sorted(p for p in folder.iterdir() if p.is_file())
     images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
     skipped = len(files) - len(images)
@@ -82,7 +91,7 @@ def _parse_folder(folder: Path, names: NamePattern, num_cameras: int | None) -> 
     parsed: list[_Parsed] = []
     malformed: list[str] = []
     bad_camera: list[str] = []
-    for path in _list_images(folder):
+    for path in list_images(folder):
         match = names.regex.match(path.stem)
         if match is None:
             malformed.append(path.name)
@@ -97,20 +106,21 @@ def _parse_folder(folder: Path, names: NamePattern, num_cameras: int | None) -> 
                 path=str(path),
                 pid=int(fields["pid"]),
                 camera=camera,
+                # Namings without these fields (e.g. CUHK03-NP) have no clock to build.
                 sequence=int(fields.get("sequence") or 1),
-                frame=int(fields["frame"]),
+                frame=int(fields.get("frame") or 0),
             )
         )
     if malformed:
         raise ValueError(
             f"{folder}: {len(malformed)} file name(s) do not match the {names.name} naming "
             f"(expected e.g. {names.example}, pattern {names.regex.pattern}): "
-            f"{', '.join(malformed[:5])}{' ...' if len(malformed) > 5 else ''}"
+            f"{examples(malformed)}"
         )
     if bad_camera:
         raise ValueError(
             f"{folder}: {len(bad_camera)} file(s) name a camera outside 1..{num_cameras}: "
-            f"{', '.join(bad_camera[:5])}{' ...' if len(bad_camera) > 5 else ''}"
+            f"{examples(bad_camera)}"
         )
     if not parsed:
         raise ValueError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
@@ -144,6 +154,7 @@ def index_market_layout(
     fps: float | None = None,
     sequence_frames: int | None = None,
     camera_frame_offsets: Sequence[int] | None = None,
+    split_folders: Mapping[str, str] = SPLIT_FOLDERS,
 ) -> Splits:
     """Indexes the three split folders under ``root`` into sorted :class:`Sample` lists.
 
@@ -154,15 +165,17 @@ def index_market_layout(
     :param fps: frame rate for timestamps; ``None`` gives samples without timestamps.
     :param sequence_frames: fixed sequence length (Market names); see the module docstring.
     :param camera_frame_offsets: per-camera frame offsets (0-based camera index), Duke names.
+    :param split_folders: folder of each split (``train``, ``query``, ``gallery``) under ``root``;
+        other datasets with one folder per split (e.g. VeRi-776) use their own names.
     """
     root = Path(root).expanduser()
-    expected = ", ".join(f"{f}/" for f in SPLIT_FOLDERS.values())
+    expected = ", ".join(f"{f}/" for f in split_folders.values())
     if not root.is_dir():
         raise FileNotFoundError(
             f"dataset {dataset!r}: folder {root} does not exist; "
             f"expected a folder holding {expected}"
         )
-    missing = [f for f in SPLIT_FOLDERS.values() if not (root / f).is_dir()]
+    missing = [f for f in split_folders.values() if not (root / f).is_dir()]
     if missing:
         present = sorted(p.name for p in root.iterdir())
         raise FileNotFoundError(
@@ -171,7 +184,7 @@ def index_market_layout(
         )
     parsed = {
         split: _parse_folder(root / folder, names, num_cameras)
-        for split, folder in SPLIT_FOLDERS.items()
+        for split, folder in split_folders.items()
     }
     offsets = (
         _sequence_offsets([r for records in parsed.values() for r in records], sequence_frames)
@@ -203,3 +216,136 @@ def index_market_layout(
             for r in kept
         ]
     return Splits(dataset, samples["train"], samples["query"], samples["gallery"], dropped)
+
+
+def find_dataset_root(
+    root: str | Path, dataset: str, candidates: Sequence[str], required: Sequence[str]
+) -> Path:
+    """The first ``root / candidate`` that holds every folder in ``required``.
+
+    ``candidates`` are relative paths tried in order (``""`` is ``root`` itself), so one
+    indexer accepts e.g. both ``<root>/bounding_box_train`` and
+    ``<root>/Market-1501-v15.09.15/bounding_box_train``. When none fits, the
+    :class:`FileNotFoundError` lists every folder looked at and what it lacks, because a wrong
+    dataset path is the most common user error.
+    """
+    root = Path(root).expanduser()
+    looked: list[str] = []
+    for candidate in candidates:
+        folder = root / candidate if candidate else root
+        if not folder.is_dir():
+            looked.append(f"{folder} (does not exist)")
+            continue
+        missing = [f"{r}/" for r in required if not (folder / r).is_dir()]
+        if not missing:
+            return folder
+        looked.append(f"{folder} (lacks {', '.join(missing)})")
+    raise FileNotFoundError(
+        f"dataset {dataset!r}: no folder holds {', '.join(f'{r}/' for r in required)}; "
+        "looked in:\n  " + "\n  ".join(looked)
+    )
+
+
+# QAConv's clocks (methods/qaconv.md §7.1): Market frames run at 25 fps; Duke frames at 59.94 fps
+# on per-camera clocks shifted by these offsets (camera 1..8) so that the cameras line up.
+MARKET_FPS = 25.0
+DUKE_FPS = 59.94
+DUKE_FRAME_OFFSETS = (5542, 3606, 27243, 31181, 0, 22401, 18967, 46765)
+
+MARKET_VERSION_FOLDER = "Market-1501-v15.09.15"
+MARKET_DISTRACTOR_FOLDER = "images"
+MARKET_500K_DISTRACTORS = 500_000
+
+# datasets.md §1: image counts are verified in the peer toolboxes' docstrings; the identity
+# counts (751 / 750 / 750) are marked unverified [I] there. Gallery identities exclude pid 0.
+MARKET_EXPECTED = {
+    "train": {"identities": 751, "images": 12_936, "cameras": 6},
+    "query": {"identities": 750, "images": 3_368, "cameras": 6},
+    "gallery": {"identities": 750, "images": 15_913, "cameras": 6},
+}
+# datasets.md §1: images and "1404 ids (train+query)" verified; 702 / 1,110 (702 test ids plus
+# 408 single-camera distractor ids, ordinary pids in Duke) are marked unverified [I].
+DUKE_EXPECTED = {
+    "train": {"identities": 702, "images": 16_522, "cameras": 8},
+    "query": {"identities": 702, "images": 2_228, "cameras": 8},
+    "gallery": {"identities": 1_110, "images": 17_661, "cameras": 8},
+}
+
+
+def index_market1501(
+    root: str | Path, name: str = "market1501", distractors_500k: bool = False
+) -> Splits:
+    """Indexes Market-1501, optionally with the 500k extra gallery distractors.
+
+    Accepted roots (first match wins): the folder holding ``bounding_box_train/``, ``query/``
+    and ``bounding_box_test/``; or its parent holding ``Market-1501-v15.09.15/`` or
+    ``Market-1501/``. Names: ``0002_c1s1_000451_03.jpg`` (pid, camera 1-6, sequence, frame,
+    detection); pid -1 junk is dropped, pid 0 distractors stay in the gallery.
+
+    Timestamps follow QAConv: per camera, the sequences are concatenated over all three splits
+    (offset of sequence s = sum of the largest frame seen in each earlier sequence of that
+    camera), at 25 fps; e.g. with camera 2's sequence 1 ending at frame 700,
+    ``0004_c2s2_000020_01.jpg`` is at (700 + 20) / 25 = 28.8 s.
+
+    ``distractors_500k`` appends every image of ``<market>/images/`` to the gallery as pid 0.
+    datasets.md does not document those files' names, so they must follow the Market naming
+    (camera 1-6 read from it); whatever pid the name carries, they are distractors. They get no
+    timestamp: nothing documents how their sequences relate to the benchmark's clock.
+
+    ``variant``: ``"Market-1501-v15.09.15"`` when found in that folder, else ``"Market-1501"``,
+    plus ``" +500k"``; ``expected`` holds datasets.md's counts (gallery + 500,000 with 500k).
+    """
+    data = find_dataset_root(
+        root, name, ("", MARKET_VERSION_FOLDER, "Market-1501"), tuple(SPLIT_FOLDERS.values())
+    )
+    splits = index_market_layout(data, name, MARKET_NAMES, num_cameras=6, fps=MARKET_FPS)
+    variant = MARKET_VERSION_FOLDER if data.name == MARKET_VERSION_FOLDER else "Market-1501"
+    expected = {split: dict(counts) for split, counts in MARKET_EXPECTED.items()}
+    if not distractors_500k:
+        return replace(splits, variant=variant, expected=expected)
+
+    extra_folder = data / MARKET_DISTRACTOR_FOLDER
+    if not extra_folder.is_dir():
+        raise FileNotFoundError(
+            f"dataset {name!r}: distractors_500k needs the 500k distractor images in "
+            f"{extra_folder}/ (Market-named, e.g. {MARKET_NAMES.example}); it does not exist"
+        )
+    extra = [
+        Sample(path=r.path, pid=0, camid=r.camera - 1, dataset=name)
+        for r in _parse_folder(extra_folder, MARKET_NAMES, num_cameras=6)
+    ]
+    expected["gallery"]["images"] += MARKET_500K_DISTRACTORS
+    return Splits(
+        name,
+        splits.train,
+        splits.query,
+        splits.gallery + extra,
+        splits.dropped,
+        variant=f"{variant} +500k",
+        expected=expected,
+    )
+
+
+def index_dukemtmc(root: str | Path, name: str = "dukemtmc") -> Splits:
+    """Indexes DukeMTMC-reID (withdrawn by its creators: user-supplied only, never downloaded).
+
+    Accepted roots: the folder holding ``bounding_box_train/``, ``query/`` and
+    ``bounding_box_test/``, or its parent holding ``DukeMTMC-reID/``. Names:
+    ``0005_c2_f0046985.jpg`` (pid, camera 1-8, frame). Duke has no junk; its gallery
+    distractor identities are ordinary pids.
+
+    Timestamps follow QAConv: (frame + offset of the camera) / 59.94 fps, offsets
+    :data:`DUKE_FRAME_OFFSETS`; e.g. ``0005_c2_f0046985.jpg`` is at (46985 + 3606) / 59.94 s.
+    ``variant`` is ``"DukeMTMC-reID"``; ``expected`` holds datasets.md's counts.
+    """
+    data = find_dataset_root(root, name, ("", "DukeMTMC-reID"), tuple(SPLIT_FOLDERS.values()))
+    splits = index_market_layout(
+        data,
+        name,
+        DUKE_NAMES,
+        num_cameras=8,
+        fps=DUKE_FPS,
+        camera_frame_offsets=DUKE_FRAME_OFFSETS,
+    )
+    expected = {split: dict(counts) for split, counts in DUKE_EXPECTED.items()}
+    return replace(splits, variant="DukeMTMC-reID", expected=expected)

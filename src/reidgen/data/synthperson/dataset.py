@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from reidgen.data.datasets.market import MARKET_NAMES, index_market_layout
+from reidgen.data.datasets.market import MARKET_NAMES, SPLIT_FOLDERS, index_market_layout
 from reidgen.data.sample import Sample, Splits
 from reidgen.data.synthperson.generate import MANIFEST
 from reidgen.data.synthperson.render import STRUCTURE_YAWS_DEG
@@ -23,7 +24,7 @@ def index_synthperson(root: str | Path, dataset: str | None = None) -> Splits:
             f"{root} is not a finished SynthPerson dataset: {MANIFEST} is missing"
         )
     manifest = json.loads(manifest_path.read_text())
-    return index_market_layout(
+    splits = index_market_layout(
         root,
         dataset or f"synthperson_{manifest['domain']['name']}",
         names=MARKET_NAMES,
@@ -31,6 +32,18 @@ def index_synthperson(root: str | Path, dataset: str | None = None) -> Splits:
         fps=manifest["fps"],
         sequence_frames=manifest["sequence_frames"],
     )
+    counts = manifest["counts"]
+    expected = {
+        split: {
+            "identities": counts[folder]["identities"],
+            # Junk is dropped at index time; distractors stay.
+            "images": counts[folder]["images"] - counts[folder]["junk"],
+            "cameras": counts[folder]["cameras"],
+        }
+        for split, folder in SPLIT_FOLDERS.items()
+    }
+    variant = f"SynthPerson {manifest['domain']['name']}/{manifest['preset']['name']}"
+    return replace(splits, variant=variant, expected=expected)
 
 
 def structure_path(sample: Sample) -> Path:
