@@ -127,3 +127,29 @@ def test_unlabelled_sources_are_kept_apart(
         ValueError, match="unknown dataset 'nope'; the catalogue has: street, studio"
     ):
         ReIDDataModule(["nope"], ["street"], transform, transform, catalogue)
+
+
+def test_a_broken_real_layout_is_reported_not_raised(tmp_path: Path) -> None:
+    from functools import partial
+
+    from PIL import Image
+
+    from reidgen.data.datasets.market import index_market1501
+    from reidgen.data.sources import DatasetFolder
+
+    root = tmp_path / "Market-1501-v15.09.15"
+    for folder, names in {
+        "bounding_box_train": ["0002_c1s1_000451_03.jpg", "person.jpg"],
+        "query": ["0003_c1s1_000551_01.jpg"],
+        "bounding_box_test": ["0003_c2s1_000700_01.jpg"],
+    }.items():
+        (root / folder).mkdir(parents=True)
+        for name in names:
+            Image.new("RGB", (8, 16)).save(root / folder / name)
+    report = validate_source(DatasetFolder(str(tmp_path), "market1501", partial(index_market1501)))
+    assert not report.ok
+    assert "ValueError" in report.error and "person.jpg" in report.error
+    (root / "bounding_box_train" / "person.jpg").unlink()
+    report = validate_source(DatasetFolder(str(tmp_path), "market1501", partial(index_market1501)))
+    assert report.error is None and not report.ok  # a tiny tree is not the published dataset
+    assert "train images: found 1, published 12,936" in report.mismatches
