@@ -67,7 +67,7 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-from reidgen.data.samplers import _default_world
+from reidgen.data.samplers import resolve_replicas
 
 __all__ = ["GraphSampler", "nearest_classes"]
 
@@ -150,21 +150,7 @@ class GraphSampler(Sampler[int]):
         missing_graph: str = "error",
     ) -> None:
         super().__init__()
-        world, this_rank = _default_world()
-        num_replicas = world if num_replicas is None else int(num_replicas)
-        rank = this_rank if rank is None else int(rank)
-        if num_replicas < 1:
-            raise ValueError(f"num_replicas must be >= 1, got {num_replicas}")
-        if not 0 <= rank < num_replicas:
-            raise ValueError(f"rank must be in [0, {num_replicas}), got {rank}")
-        if num_instances < 1:
-            raise ValueError(f"num_instances (K) must be >= 1, got {num_instances}")
-        if batch_size < 1 or batch_size % (num_instances * num_replicas) != 0:
-            raise ValueError(
-                f"batch_size ({batch_size}) must be a positive multiple of num_instances * "
-                f"num_replicas ({num_instances} * {num_replicas} = {num_instances * num_replicas})"
-                " so that every rank gets whole groups of K images of a class"
-            )
+        num_replicas, rank = resolve_replicas(num_replicas, rank, num_instances, batch_size)
         if missing_graph not in _MISSING_GRAPH_MODES:
             raise ValueError(
                 f"missing_graph must be one of {_MISSING_GRAPH_MODES}, got {missing_graph!r}"

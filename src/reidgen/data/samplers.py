@@ -27,7 +27,7 @@ import numpy as np
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
-__all__ = ["RandomIdentitySampler", "max_full_batches"]
+__all__ = ["RandomIdentitySampler", "max_full_batches", "resolve_replicas"]
 
 
 def max_full_batches(chunk_counts: Sequence[int] | np.ndarray, ids_per_batch: int) -> int:
@@ -67,6 +67,30 @@ def _default_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_world_size(), dist.get_rank()
     return 1, 0
+
+
+def resolve_replicas(
+    num_replicas: int | None, rank: int | None, num_instances: int, batch_size: int
+) -> tuple[int, int]:
+    """(world size, rank), defaulting to the process group, checked so that a global batch of
+    ``batch_size`` splits into whole groups of ``num_instances`` images per identity on every rank.
+    """
+    world, this_rank = _default_world()
+    num_replicas = world if num_replicas is None else int(num_replicas)
+    rank = this_rank if rank is None else int(rank)
+    if num_replicas < 1:
+        raise ValueError(f"num_replicas must be >= 1, got {num_replicas}")
+    if not 0 <= rank < num_replicas:
+        raise ValueError(f"rank must be in [0, {num_replicas}), got {rank}")
+    if num_instances < 1:
+        raise ValueError(f"num_instances (K) must be >= 1, got {num_instances}")
+    if batch_size < 1 or batch_size % (num_instances * num_replicas) != 0:
+        raise ValueError(
+            f"batch_size ({batch_size}) must be a positive multiple of num_instances * "
+            f"num_replicas ({num_instances} * {num_replicas} = {num_instances * num_replicas})"
+            " so that every rank gets whole groups of K images of an identity"
+        )
+    return num_replicas, rank
 
 
 class RandomIdentitySampler(Sampler[int]):
@@ -136,21 +160,7 @@ class RandomIdentitySampler(Sampler[int]):
         domain_balanced: bool = False,
     ) -> None:
         super().__init__()
-        world, this_rank = _default_world()
-        num_replicas = world if num_replicas is None else int(num_replicas)
-        rank = this_rank if rank is None else int(rank)
-        if num_replicas < 1:
-            raise ValueError(f"num_replicas must be >= 1, got {num_replicas}")
-        if not 0 <= rank < num_replicas:
-            raise ValueError(f"rank must be in [0, {num_replicas}), got {rank}")
-        if num_instances < 1:
-            raise ValueError(f"num_instances (K) must be >= 1, got {num_instances}")
-        if batch_size < 1 or batch_size % (num_instances * num_replicas) != 0:
-            raise ValueError(
-                f"batch_size ({batch_size}) must be a positive multiple of num_instances * "
-                f"num_replicas ({num_instances} * {num_replicas} = {num_instances * num_replicas})"
-                " so that every rank gets whole groups of K images of an identity"
-            )
+        num_replicas, rank = resolve_replicas(num_replicas, rank, num_instances, batch_size)
 
         label_arr = np.asarray(labels, dtype=np.int64)
         if label_arr.ndim != 1 or label_arr.size == 0:
