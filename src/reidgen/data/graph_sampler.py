@@ -67,7 +67,7 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-from reidgen.data.samplers import resolve_replicas
+from reidgen.data.samplers import label_array, resolve_replicas
 
 __all__ = ["GraphSampler", "nearest_classes"]
 
@@ -155,11 +155,7 @@ class GraphSampler(Sampler[int]):
             raise ValueError(
                 f"missing_graph must be one of {_MISSING_GRAPH_MODES}, got {missing_graph!r}"
             )
-        label_arr = np.asarray(labels, dtype=np.int64)
-        if label_arr.ndim != 1 or label_arr.size == 0:
-            raise ValueError(
-                f"labels must be a non-empty 1-D sequence, got shape {label_arr.shape}"
-            )
+        label_arr = label_array(labels)
 
         self.batch_size = int(batch_size)
         self.num_instances = int(num_instances)

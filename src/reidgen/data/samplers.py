@@ -27,7 +27,7 @@ import numpy as np
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
-__all__ = ["RandomIdentitySampler", "max_full_batches", "resolve_replicas"]
+__all__ = ["RandomIdentitySampler", "label_array", "max_full_batches", "resolve_replicas"]
 
 
 def max_full_batches(chunk_counts: Sequence[int] | np.ndarray, ids_per_batch: int) -> int:
@@ -91,6 +91,14 @@ def resolve_replicas(
             " so that every rank gets whole groups of K images of an identity"
         )
     return num_replicas, rank
+
+
+def label_array(labels: Sequence[int]) -> np.ndarray:
+    """Labels as an int64 array [N]; refuses empty or non-1-D input."""
+    array = np.asarray(labels, dtype=np.int64)
+    if array.ndim != 1 or array.size == 0:
+        raise ValueError(f"labels must be a non-empty 1-D sequence, got shape {array.shape}")
+    return array
 
 
 class RandomIdentitySampler(Sampler[int]):
@@ -162,11 +170,7 @@ class RandomIdentitySampler(Sampler[int]):
         super().__init__()
         num_replicas, rank = resolve_replicas(num_replicas, rank, num_instances, batch_size)
 
-        label_arr = np.asarray(labels, dtype=np.int64)
-        if label_arr.ndim != 1 or label_arr.size == 0:
-            raise ValueError(
-                f"labels must be a non-empty 1-D sequence, got shape {label_arr.shape}"
-            )
+        label_arr = label_array(labels)
 
         self.num_instances = int(num_instances)
         self.batch_size = int(batch_size)

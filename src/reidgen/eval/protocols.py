@@ -164,10 +164,7 @@ class CUHK03ClassicProtocol(QueryGalleryProtocol):
         chunk_size: int = 256,
     ) -> None:
         super().__init__(ranks, chunk_size)
-        self.repeats = int(repeats)
-        self.seed = int(seed)
-        if self.repeats < 1:
-            raise ValueError(f"repeats must be positive, got {self.repeats}")
+        self.repeats, self.seed = _draw_settings(repeats, seed)
 
     def evaluate(
         self,
@@ -292,10 +289,7 @@ class VehicleIDProtocol(PooledProtocol):
         chunk_size: int = 256,
     ) -> None:
         super().__init__(ranks, chunk_size)
-        self.repeats = int(repeats)
-        self.seed = int(seed)
-        if self.repeats < 1:
-            raise ValueError(f"repeats must be positive, got {self.repeats}")
+        self.repeats, self.seed = _draw_settings(repeats, seed)
 
     def splits(self, pids: IdArray) -> list[tuple[Tensor, Tensor]]:
         """The query and gallery positions of every round.
@@ -384,6 +378,13 @@ class VehicleIDProtocol(PooledProtocol):
         result["num_skipped_queries"] = 0
         result["num_gallery"] = len(splits[0][1])
         return result
+
+
+def _draw_settings(repeats: int, seed: int) -> tuple[int, int]:
+    """Validated ``(repeats, seed)`` of a protocol that averages over seeded random draws."""
+    if int(repeats) < 1:
+        raise ValueError(f"repeats must be positive, got {int(repeats)}")
+    return int(repeats), int(seed)
 
 
 def sampling_keys(seed: int, repeat: int, rows: Tensor, num_columns: int) -> Tensor:
