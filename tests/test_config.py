@@ -93,3 +93,40 @@ def test_experiment_overlays_compose(experiment: str, tmp_path: Path) -> None:
 def test_evaluate_config_needs_a_checkpoint(tmp_path: Path) -> None:
     cfg = composed(["data=synth"], tmp_path, config="evaluate")
     assert OmegaConf.is_missing(cfg, "ckpt")
+
+
+def paper_rows() -> list[tuple[str, dict]]:
+    import yaml
+
+    root = Path(__file__).resolve().parents[1] / "experiments"
+    return [
+        (f"{path.stem}:{row['name']}", row)
+        for path in sorted(root.glob("*.yaml"))
+        for row in yaml.safe_load(path.read_text())["rows"]
+    ]
+
+
+@pytest.mark.parametrize("row", [row for _, row in paper_rows()], ids=[i for i, _ in paper_rows()])
+def test_paper_rows_compose_and_build(row: dict, tmp_path: Path) -> None:
+    cfg = composed([*row["overrides"], "method.backbone.pretrained=null"], tmp_path)
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    # Every reported target is tested by the row's run.
+    assert set(row["reported"]) <= set(data["targets"])
+    assert all(
+        set(v) <= {"rank1", "mAP", "rank5", "rank10", "mINP"} for v in row["reported"].values()
+    )
+    method = instantiate(cfg.method, num_classes=11)
+    if "qaconv" in cfg.method._target_:
+        # 384x128 at stride 16: 24 x 8 locations, as the official recipe.
+        assert method.matcher.num_locations == 192 and method.feature_shape == (128, 24, 8)
+
+
+def test_method_recipe_adjusts_the_data_side_and_the_command_line_wins(tmp_path: Path) -> None:
+    cfg = composed(["method=qaconv_gs"], tmp_path)
+    assert cfg.data.sampler._target_ == "reidgen.data.graph_sampler.GraphSampler"
+    assert cfg.data.num_instances == 2 and cfg.data.train_transform.normalize is False
+    assert cfg.data.test_transform.normalize is False
+    cfg = composed(["method=qaconv_gs", "data.num_instances=4"], tmp_path)
+    assert cfg.data.num_instances == 4
+    cfg = composed(["method=baseline"], tmp_path)
+    assert cfg.data.sampler is None and cfg.data.train_transform.get("normalize", True)

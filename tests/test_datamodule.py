@@ -426,3 +426,51 @@ def test_loading_does_not_reset_the_global_rng(street, studio) -> None:
     torch.manual_seed(123)
     module.train_set[(0, 0, 0, 0)]
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_graph_sampler_option_yields_whole_class_groups_and_reaches_the_method(street) -> None:
+    from functools import partial
+
+    from reidgen.data.graph_sampler import GraphSampler
+
+    module = make_module([street], [street], sampler=partial(GraphSampler))
+    module.setup("fit")
+    handed: list = []
+
+    class Method:
+        def configure_train_sampler(self, sampler, datamodule) -> None:
+            handed.append((sampler, datamodule))
+            # a graph from the labels alone: class c's neighbours are c+1, c+2, ...
+            p = sampler.num_classes
+            sampler.set_graph(
+                torch.tensor([[(c + j) % p for j in range(1, BATCH // K)] for c in range(p)])
+            )
+
+    module.trainer = SimpleNamespace(lightning_module=Method())
+    loader = module.train_dataloader()
+    module.trainer = None
+    assert handed and handed[0][1] is module and isinstance(handed[0][0], GraphSampler)
+    batches = list(loader)
+    assert len(batches) == len(loader) == module.num_classes  # one batch per anchor class
+    anchors = []
+    for batch in batches:
+        labels = check_pk_batch(batch, module.train_set)
+        anchors.append(labels[0])
+        p = module.num_classes
+        assert labels == [(labels[0] + j) % p for j in range(BATCH // K)]
+    assert sorted(anchors) == list(range(module.num_classes))
+
+
+def test_custom_sampler_and_domain_balance_are_exclusive(street) -> None:
+    with pytest.raises(ValueError, match="domain_balanced"):
+        make_module([street], [street], sampler=RandomIdentitySampler, domain_balanced=True)
+
+
+def test_train_images_reads_chosen_training_images_with_the_test_transform(fit_module) -> None:
+    indices = [5, 0, 3]
+    batch = next(iter(fit_module.train_images(indices)))
+    expected = torch.stack(
+        [eval_transform()(read_image(fit_module.train_set.samples[i].path)) for i in indices]
+    )
+    torch.testing.assert_close(batch["image"], expected)
+    assert batch["index"].tolist() == [0, 1, 2]

@@ -320,3 +320,17 @@ def test_vehicleid_bad_lists(tmp_path: Path, bad_line: str, expected_message: st
     _image(folder / "image" / "0000020.jpg")
     with pytest.raises(ValueError, match=expected_message):
         index_vehicleid(tmp_path)
+
+
+def test_msmt17_all_split_trains_on_every_image_with_distinct_test_ids(tmp_path: Path) -> None:
+    _msmt(tmp_path / "MSMT17_V1")
+    splits = index_msmt17(tmp_path, split="all")
+    assert splits.variant == "MSMT17_V1 all"
+    # train + val (pids 1..3) then query + gallery (pids 1042.., never colliding with train)
+    assert sorted((s.pid, s.camid) for s in splits.train) == sorted(
+        [(1, 0), (1, 1), (2, 14), (3, 2), (1042, 3), (1047, 4), (1042, 5), (1042, 3), (1047, 6)]
+    )
+    assert [s.index for s in splits.train] == list(range(9))
+    assert splits.expected["train"] == {"identities": 4101, "images": 126441, "cameras": 15}
+    with pytest.raises(ValueError, match="'all'"):
+        index_msmt17(tmp_path, split="everything")

@@ -190,6 +190,8 @@ def test_load_method_round_trip_gives_the_same_features(tmp_path: Path) -> None:
         optimizer=functools.partial(torch.optim.Adam, lr=0.001),
     )
     method.method_config = METHOD_CONFIG
+    transform = {"_target_": "reidgen.data.transforms.build_transforms", "height": 32, "width": 16}
+    method.test_transform_config = transform
     # Move the BN running statistics and the BNNeck affine off their initial values, so a load
     # that silently skipped buffers or the head would show.
     method.train()
@@ -200,7 +202,11 @@ def test_load_method_round_trip_gives_the_same_features(tmp_path: Path) -> None:
 
     checkpoint = {"state_dict": method.state_dict(), "epoch": 1}
     method.on_save_checkpoint(checkpoint)
-    assert checkpoint[CHECKPOINT_KEY] == {"method_config": METHOD_CONFIG, "num_classes": 5}
+    assert checkpoint[CHECKPOINT_KEY] == {
+        "method_config": METHOD_CONFIG,
+        "num_classes": 5,
+        "test_transform": transform,
+    }
     path = tmp_path / "last.ckpt"
     torch.save(checkpoint, path)
 
@@ -208,6 +214,7 @@ def test_load_method_round_trip_gives_the_same_features(tmp_path: Path) -> None:
     assert type(loaded) is Baseline
     assert loaded.num_classes == 5
     assert loaded.method_config == METHOD_CONFIG
+    assert loaded.test_transform_config == transform
     assert loaded.head.classifier.out_features == 5
 
     images = torch.randn(3, 3, 32, 16)

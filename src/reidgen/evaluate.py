@@ -1,8 +1,8 @@
 """Evaluate a checkpoint on any targets, without training data:
 ``python -m reidgen.evaluate ckpt=outputs/runs/.../checkpoints/last.ckpt data=synth_cross``.
 
-The method is rebuilt from the checkpoint alone (its config and ``num_classes`` are stored in it);
-only the targets of ``data`` are read.
+The method is rebuilt from the checkpoint alone (its config, ``num_classes`` and the test transform
+it was trained with are stored in it); only the targets of ``data`` are read.
 """
 
 from __future__ import annotations
@@ -18,15 +18,26 @@ from omegaconf import DictConfig
 
 from reidgen import resolvers
 from reidgen.data.datamodule import ReIDDataModule
-from reidgen.methods.base import load_method
+from reidgen.methods.base import ReIDMethod, load_method
 from reidgen.run import describe_sources, finish_run, start_run
+
+
+def checkpoint_datamodule(data: DictConfig, method: ReIDMethod) -> ReIDDataModule:
+    """The targets of ``data`` (no training sources), read with the test transform stored in
+    ``method``'s checkpoint (size, normalisation), unless ``data.test_transform`` is overridden
+    on the command line."""
+    overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
+    overridden = any(o.startswith("data.test_transform") for o in overrides)
+    if method.test_transform_config is None or overridden:
+        return instantiate(data, sources=[])
+    return instantiate(data, sources=[], test_transform=instantiate(method.test_transform_config))
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     run_dir = start_run(cfg)
     method = load_method(cfg.ckpt)
     method.evaluator = instantiate(cfg.eval)
-    datamodule: ReIDDataModule = instantiate(cfg.data, sources=[])
+    datamodule = checkpoint_datamodule(cfg.data, method)
     datamodule.setup("test")
     trainer: pl.Trainer = instantiate(cfg.trainer, logger=False, callbacks=[])
     trainer.test(method, datamodule=datamodule, verbose=False)

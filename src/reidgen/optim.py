@@ -39,3 +39,66 @@ class WarmupMultiStepLR(LRScheduler):
 
     def get_lr(self) -> list[float]:
         return [base * self.factor(self.last_epoch) for base in self.base_lrs]
+
+
+class LossAdaptiveSchedule:
+    """QAConv 2.1's loss-driven learning-rate drop and stopping rule (doc §6.1).
+
+    After every epoch call :meth:`update` with the epoch's mean training loss. The loss of epoch
+    ``base_epoch`` (0-based; 1 = the second epoch) is the reference. The first later epoch whose
+    loss falls below ``step_factor`` x the reference multiplies every learning rate by ``gamma``
+    (once), and training is then planned to run 50% longer: it stops after ``e + e // 2`` epochs,
+    ``e`` being the number of epochs finished at the drop, and never after ``max_epochs``.
+
+    The state (:meth:`state_dict`) goes into checkpoints, so a resumed run neither drops the
+    learning rate twice nor forgets where to stop.
+    """
+
+    def __init__(
+        self,
+        step_factor: float = 0.7,
+        gamma: float = 0.1,
+        base_epoch: int = 1,
+        max_epochs: int = 60,
+    ) -> None:
+        if not 0 < step_factor < 1:
+            raise ValueError(f"step_factor must be in (0, 1), got {step_factor}")
+        if base_epoch < 0 or max_epochs < 1:
+            raise ValueError(
+                f"need base_epoch >= 0 and max_epochs >= 1, got {base_epoch}, {max_epochs}"
+            )
+        self.step_factor = step_factor
+        self.gamma = gamma
+        self.base_epoch = base_epoch
+        self.max_epochs = max_epochs
+        self.base_loss: float | None = None
+        self.stepped_at: int | None = None
+        self.final_epochs = max_epochs
+
+    def update(self, epoch: int, loss: float) -> tuple[bool, bool]:
+        """Record epoch ``epoch``'s (0-based) mean loss; returns ``(drop_lr, stop)``."""
+        drop = False
+        if epoch == self.base_epoch:
+            self.base_loss = loss
+        elif (
+            self.base_loss is not None
+            and self.stepped_at is None
+            and loss < self.step_factor * self.base_loss
+        ):
+            finished = epoch + 1
+            self.stepped_at = finished
+            self.final_epochs = min(self.max_epochs, finished + finished // 2)
+            drop = True
+        return drop, epoch + 1 >= self.final_epochs
+
+    def state_dict(self) -> dict[str, float | int | None]:
+        return {
+            "base_loss": self.base_loss,
+            "stepped_at": self.stepped_at,
+            "final_epochs": self.final_epochs,
+        }
+
+    def load_state_dict(self, state: dict[str, float | int | None]) -> None:
+        self.base_loss = state["base_loss"]
+        self.stepped_at = state["stepped_at"]
+        self.final_epochs = int(state["final_epochs"])

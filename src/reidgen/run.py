@@ -83,6 +83,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule.setup("fit")
     method: ReIDMethod = instantiate(cfg.method, num_classes=datamodule.num_classes)
     method.method_config = OmegaConf.to_container(cfg.method, resolve=True)
+    method.test_transform_config = OmegaConf.to_container(cfg.data.test_transform, resolve=True)
     method.evaluator = instantiate(cfg.eval)
 
     checkpoints = run_dir / "checkpoints"

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
 import pytorch_lightning as pl
 import torch.distributed as dist
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
 from reidgen.data.dataset import (
     EpochTaggedSampler,
@@ -69,6 +69,13 @@ class ReIDDataModule(pl.LightningDataModule):
     :param batch_size: the global P x K batch over all processes.
     :param num_instances: K, images per identity in a batch.
     :param domain_balanced: each batch takes as many identities from every labelled source.
+    :param sampler: the training sampler, a Hydra ``_partial_`` called as ``sampler(labels,
+        batch_size=, num_instances=, seed=, num_replicas=, rank=)``, e.g. the GS
+        :class:`~reidgen.data.graph_sampler.GraphSampler`; None = the P x K
+        :class:`~reidgen.data.samplers.RandomIdentitySampler`. It must yield whole per-process
+        batches with ``per_rank_batch_size``, ``epoch``, ``rank``, ``set_epoch`` and
+        ``state_dict`` as the shared samplers do. Once built it is handed to the method's
+        ``configure_train_sampler(sampler, datamodule)``, if the method has one.
     :param validation: ``"strict"`` refuses datasets whose counts differ from the published ones,
         ``"warn"`` logs the differences and goes on, ``"off"`` skips the comparison.
     """
@@ -88,10 +95,16 @@ class ReIDDataModule(pl.LightningDataModule):
         seed: int = 0,
         domain_balanced: bool = False,
         validation: str = "strict",
+        sampler: Callable[..., Sampler] | None = None,
     ) -> None:
         super().__init__()
         if not targets:
             raise ValueError("data.targets is empty: name at least one dataset to evaluate on")
+        if sampler is not None and domain_balanced:
+            raise ValueError(
+                "data.domain_balanced is a mode of the default P x K sampler; it cannot be "
+                "combined with data.sampler"
+            )
         if validation not in ("strict", "warn", "off"):
             raise ValueError(f"validation must be 'strict', 'warn' or 'off', got {validation!r}")
         self.catalogue = dict(catalogue or {})
@@ -111,11 +124,12 @@ class ReIDDataModule(pl.LightningDataModule):
         self.seed = seed
         self.domain_balanced = domain_balanced
         self.validation = validation
+        self.sampler_factory = sampler
         self.train_set: TrainDataset | None = None
         self.unlabelled_set: TrainDataset | None = None
         self.eval_sets: dict[str, EvalDataset] = {}
         self.label_of: dict[tuple[str, int], int] = {}
-        self._sampler: RandomIdentitySampler | None = None
+        self._sampler: Any = None
         self._pending_sampler_state: dict[str, Any] | None = None
 
     def _resolve(self, item: str | DatasetSource) -> DatasetSource:
@@ -194,16 +208,25 @@ class ReIDDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None, "call setup('fit') first"
         world, rank = _world()
-        self._sampler = RandomIdentitySampler(
-            self.train_set.labels,
-            num_instances=self.num_instances,
-            batch_size=self.batch_size,
-            seed=self.seed,
-            num_replicas=world,
-            rank=rank,
-            domains=[s.domain for s in self.train_set.samples],
-            domain_balanced=self.domain_balanced,
-        )
+        common = {
+            "batch_size": self.batch_size,
+            "num_instances": self.num_instances,
+            "seed": self.seed,
+            "num_replicas": world,
+            "rank": rank,
+        }
+        if self.sampler_factory is None:
+            self._sampler = RandomIdentitySampler(
+                self.train_set.labels,
+                domains=[s.domain for s in self.train_set.samples],
+                domain_balanced=self.domain_balanced,
+                **common,
+            )
+        else:
+            self._sampler = self.sampler_factory(self.train_set.labels, **common)
+        method = self.trainer.lightning_module if self.trainer is not None else None
+        if hasattr(method, "configure_train_sampler"):
+            method.configure_train_sampler(self._sampler, self)
         if self._pending_sampler_state is not None:
             self._sampler.load_state_dict(self._pending_sampler_state)
             self._pending_sampler_state = None
@@ -213,6 +236,18 @@ class ReIDDataModule(pl.LightningDataModule):
             sampler=EpochTaggedSampler(self._sampler),
             num_workers=self.num_workers,
             persistent_workers=False,
+        )
+
+    def train_images(self, indices: Sequence[int]) -> DataLoader:
+        """Training images ``indices`` with the *test* transform, in that order, for methods
+        that look at the training set with the current model (e.g. the GS class graph).
+        Batches are dicts as for evaluation; ``index`` is the position in ``indices``."""
+        assert self.train_set is not None, "call setup('fit') first"
+        samples = [self.train_set.samples[i] for i in indices]
+        return DataLoader(
+            EvalDataset([], samples, self.test_transform),
+            batch_size=self.eval_batch_size,
+            num_workers=self.num_workers,
         )
 
     def _eval_loaders(self) -> list[DataLoader]:

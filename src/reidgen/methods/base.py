@@ -10,6 +10,8 @@ over targets ``<stage>/mean/<metric>``.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ import torch
 from hydra.utils import instantiate
 from torch import Tensor
 
+from reidgen.data.sample import Sample
 from reidgen.eval import DistanceFn, chunked_distance
 from reidgen.eval.evaluator import Evaluator
 from reidgen.eval.gather import gather_by_index
@@ -39,6 +42,9 @@ class ReIDMethod(pl.LightningModule):
         # Set by the entry points: the method's config (stored in checkpoints to rebuild it) and
         # the test-time options.
         self.method_config: dict[str, Any] | None = None
+        # The test transform the method was trained with (its config), so that evaluating a
+        # checkpoint feeds it images prepared the same way (size, normalisation).
+        self.test_transform_config: dict[str, Any] | None = None
         self.evaluator = Evaluator()
         self.eval_results: dict[str, dict[str, dict[str, float]]] = {}
         self._eval_outputs: dict[int, list[dict[str, Tensor]]] = {}
@@ -60,10 +66,14 @@ class ReIDMethod(pl.LightningModule):
         return lambda start, stop: cosine(start, stop).mul(2).clamp_min(0).sqrt()
 
     # ----------------------------------------------------------------------- evaluation
+    def merge_flipped(self, features: Tensor, flipped_features: Tensor) -> Tensor:
+        """Flip test: combines the features of images and of their mirror images (average)."""
+        return (features + flipped_features) / 2
+
     def _extract_for_eval(self, images: Tensor) -> Tensor:
         features = self.extract(images)
         if self.evaluator.flip:
-            features = (features + self.extract(torch.flip(images, dims=[3]))) / 2
+            features = self.merge_flipped(features, self.extract(torch.flip(images, dims=[3])))
         return features
 
     def _eval_step(self, batch: dict[str, Tensor], dataloader_idx: int) -> None:
@@ -117,6 +127,8 @@ class ReIDMethod(pl.LightningModule):
                 gathered["camid"],
                 split,
                 dataset.protocol,
+                timestamps=_timestamps(dataset.samples),
+                target=name,
             )
             results[name] = {**metrics, "num_query": split, "num_gallery": total - split}
         results["mean"] = {
@@ -139,7 +151,18 @@ class ReIDMethod(pl.LightningModule):
         checkpoint[CHECKPOINT_KEY] = {
             "method_config": self.method_config,
             "num_classes": self.num_classes,
+            "test_transform": self.test_transform_config,
         }
+
+
+def _timestamps(samples: Sequence[Sample]) -> Tensor:
+    """``[N]`` float64 seconds of ``samples``, NaN where unknown.
+
+    An :class:`~reidgen.data.dataset.EvalDataset` lists queries then gallery, and ``index`` is the
+    position in that list, so this is the order of the gathered features.
+    """
+    times = [math.nan if s.timestamp is None else s.timestamp for s in samples]
+    return torch.tensor(times, dtype=torch.float64)
 
 
 def load_method(path: str | Path, map_location: str | torch.device = "cpu") -> ReIDMethod:
@@ -154,4 +177,5 @@ def load_method(path: str | Path, map_location: str | torch.device = "cpu") -> R
     method = instantiate(meta["method_config"], num_classes=meta["num_classes"])
     method.load_state_dict(checkpoint["state_dict"])
     method.method_config = meta["method_config"]
+    method.test_transform_config = meta.get("test_transform")
     return method

@@ -189,6 +189,7 @@ class ResNetBackbone(nn.Module):
         if out_stage not in (1, 2, 3, 4):
             raise ValueError(f"out_stage must be 1..4, got {out_stage}")
         self.depth, self.ibn, self.out_stage = depth, ibn, out_stage
+        self.last_stride = last_stride
 
         build, _ = _RESNETS[depth]
         net = build(weights=None)
@@ -207,6 +208,19 @@ class ResNetBackbone(nn.Module):
 
         if pretrained is not None:
             self.load_pretrained(pretrained)
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        """``(h, w)`` of the feature map for ``height x width`` inputs, without running the net.
+
+        Every stride-2 layer (conv1, maxpool, the first block of layer2.. and of layer4 unless
+        ``last_stride == 1``) pads so that it maps a size ``n`` to ``ceil(n / 2)``.
+        """
+        halvings = 2 + min(self.out_stage, 3) - 1
+        if self.out_stage == 4 and self.last_stride == 2:
+            halvings += 1
+        for _ in range(halvings):
+            height, width = -(-height // 2), -(-width // 2)
+        return height, width
 
     def forward(self, images: Tensor) -> Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(images))))

@@ -28,6 +28,9 @@ timestamps (the names carry a frame number but no usable clock).
 Training split (``split``): torchreid/fast-reid/BoT train on ``list_train.txt`` only, while the
 domain-generalisation papers (QAConv, DomainMix, GCL, CLIP-ReID) train on train + val, 32,621
 images of 1,041 identities; reidgen makes it an explicit choice recorded in ``Splits.variant``.
+``"all"`` trains on the whole dataset, train + val + query + gallery (4,101 identities, the
+"MSMT (all)" rows of QAConv); its query and gallery are then no test set for a model trained on
+them.
 Evaluate with :class:`~reidgen.eval.protocols.MarketProtocol`.
 """
 
@@ -45,7 +48,11 @@ from reidgen.data.sample import Sample, Splits
 VERSIONS = ("V1", "V2")
 # Image folders per version: (training lists, test lists).
 IMAGE_FOLDERS = {"V1": ("train", "test"), "V2": ("mask_train_v2", "mask_test_v2")}
-TRAIN_LISTS = {"trainval": ("list_train.txt", "list_val.txt"), "train": ("list_train.txt",)}
+TRAIN_LISTS = {
+    "trainval": ("list_train.txt", "list_val.txt"),
+    "train": ("list_train.txt",),
+    "all": ("list_train.txt", "list_val.txt"),  # + query and gallery, see index_msmt17
+}
 NUM_TRAIN_IDS = 1041  # training identities 0000-1040, the same in V1 and V2
 NUM_CAMERAS = 15
 
@@ -69,6 +76,10 @@ EXPECTED = {
     # list_train.txt alone (30,248 images / 1,041 ids) is marked unverified [I] in datasets.md
     # §1, so its train counts are not recorded.
     "train": dict(_QUERY_GALLERY),
+    "all": {
+        "train": {"identities": 4101, "images": 32621 + 11659 + 82161, "cameras": NUM_CAMERAS},
+        **_QUERY_GALLERY,
+    },
 }
 
 
@@ -76,7 +87,7 @@ def index_msmt17(
     root: str | Path,
     name: str = "msmt17",
     version: Literal["auto", "V1", "V2"] = "auto",
-    split: Literal["trainval", "train"] = "trainval",
+    split: Literal["trainval", "train", "all"] = "trainval",
 ) -> Splits:
     """Indexes MSMT17 from its list files (see the module docstring for layout and ids).
 
@@ -84,14 +95,15 @@ def index_msmt17(
         or a version folder itself.
     :param name: the name samples carry.
     :param version: ``"V1"``, ``"V2"`` or ``"auto"`` (the one present; an error if both are).
-    :param split: ``"trainval"`` (list_train + list_val) or ``"train"`` (list_train only).
+    :param split: ``"trainval"`` (list_train + list_val), ``"train"`` (list_train only) or
+        ``"all"`` (trainval + query + gallery for training).
     :raises FileNotFoundError: no version folder, a missing list file or listed image.
     :raises ValueError: malformed list lines or file names, inconsistent labels, duplicates.
     """
     if version not in ("auto", *VERSIONS):
         raise ValueError(f"version must be 'auto', 'V1' or 'V2', got {version!r}")
     if split not in TRAIN_LISTS:
-        raise ValueError(f"split must be 'trainval' or 'train', got {split!r}")
+        raise ValueError(f"split must be 'trainval', 'train' or 'all', got {split!r}")
     version, folder = _find_version(Path(root).expanduser(), name, version)
     train_dir, test_dir = (folder / f for f in IMAGE_FOLDERS[version])
     if not test_dir.is_dir():
@@ -125,6 +137,8 @@ def index_msmt17(
             )
             for relpath, pid, camera in entries
         ]
+    if split == "all":
+        samples["train"] = samples["train"] + samples["query"] + samples["gallery"]
     return Splits(
         name,
         samples["train"],

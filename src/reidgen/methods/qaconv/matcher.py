@@ -114,8 +114,10 @@ class QAConvMatcher(nn.Module):
         q, g, n = query.shape[0], gallery.shape[0], self.num_locations
         # One GEMM for every location pair; the view is [Q, N(s), G, N(r)].
         corr = (_locations(query) @ _locations(gallery).t()).view(q, n, g, n)
-        a = corr.amax(dim=3).transpose(1, 2)  # [Q, G, N(s)]
-        b = corr.amax(dim=1)  # [Q, G, N(r)]
+        # max (not amax): its backward keeps only the argmax indices, so under autograd the
+        # [Q * N, G * N] correlation is freed once both maxima are taken.
+        a = corr.max(dim=3).values.transpose(1, 2)  # [Q, G, N(s)]
+        b = corr.max(dim=1).values  # [Q, G, N(r)]
         return a, b
 
     def head(self, a: Tensor, b: Tensor) -> Tensor:
