@@ -119,6 +119,14 @@ def test_paper_rows_compose_and_build(row: dict, tmp_path: Path) -> None:
     if "qaconv" in cfg.method._target_:
         # 384x128 at stride 16: 24 x 8 locations, as the official recipe.
         assert method.matcher.num_locations == 192 and method.feature_shape == (128, 24, 8)
+        assert data["train_transform"]["normalize"] is False
+        assert data["train_transform"]["occlusion"] == 0.8
+    if "QAConvGS" in cfg.method._target_:
+        # The official 2.1 augmentation and frozen, ImageNet-initialised backbone BN.
+        assert data["train_transform"]["color_jitter"] == [0.5, 2.0]
+        assert data["train_transform"]["hue"] == 0.1
+        assert data["sampler"]["_target_"].endswith("GraphSampler")
+        assert cfg.method.freeze_backbone_bn and cfg.method.backbone.ibn == "b"
 
 
 def test_method_recipe_adjusts_the_data_side_and_the_command_line_wins(tmp_path: Path) -> None:

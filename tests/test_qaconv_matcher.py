@@ -20,10 +20,10 @@ def maps(num: int, seed: int, c: int = C, h: int = H, w: int = W) -> torch.Tenso
     return F.normalize(torch.randn(num, c, h, w, generator=gen, dtype=torch.float64), dim=1)
 
 
-def configured(version: str) -> QAConvMatcher:
+def configured(version: str, num_locations: int = N) -> QAConvMatcher:
     """A float64 matcher in eval mode with non-trivial running stats, affine and FC parameters."""
     torch.manual_seed(0)
-    m = QAConvMatcher(N, version).double().eval()
+    m = QAConvMatcher(num_locations, version).double().eval()
     with torch.no_grad():
         m.bn.running_mean.fill_(0.3)
         m.bn.running_var.fill_(0.5)

@@ -36,6 +36,7 @@ from reidgen.viz.qaconv_matches import (
     pictures_from_config,
     write_match_pictures,
 )
+from test_qaconv_matcher import configured as configured_matcher
 
 C, H, W = 5, 3, 2
 N = H * W
@@ -63,20 +64,7 @@ def unit_maps(*shape: int, seed: int) -> Tensor:
 
 def configured(version: str) -> QAConvMatcher:
     """A float64 eval-mode matcher with non-trivial running stats, affine and FC parameters."""
-    torch.manual_seed(0)
-    m = QAConvMatcher(N, version).double().eval()
-    with torch.no_grad():
-        m.bn.running_mean.fill_(0.3)
-        m.bn.running_var.fill_(0.5)
-        m.bn.weight.fill_(1.7)
-        m.bn.bias.fill_(-0.2)
-        m.logit_bn.running_mean.fill_(0.4)
-        m.logit_bn.running_var.fill_(2.5)
-        m.logit_bn.weight.fill_(0.8)
-        m.logit_bn.bias.fill_(0.1)
-        m.fc.weight.copy_(torch.randn_like(m.fc.weight))
-        m.fc.bias.fill_(0.25)
-    return m
+    return configured_matcher(version, N)
 
 
 class StandIn(nn.Module):

@@ -4,8 +4,8 @@ A method implements ``training_step`` and ``extract(images) -> features``; it ma
 ``distance`` (e.g. QAConv's matcher) and ``rerank_rows``. Evaluation is the same for all methods:
 features of every target's query and gallery are extracted per shard, gathered across processes by
 sample index, scored by the :class:`~reidgen.eval.evaluator.Evaluator` (flip, query expansion,
-re-ranking) under the target's protocol, and logged as ``<stage>/<target>/<metric>`` plus the mean
-over targets ``<stage>/mean/<metric>``.
+re-ranking, TLift) under the target's protocol, and logged as ``<stage>/<target>/<metric>`` plus
+the mean over targets ``<stage>/mean/<metric>``.
 """
 
 from __future__ import annotations
