@@ -232,3 +232,23 @@ def test_load_method_round_trip_gives_the_same_features(tmp_path: Path) -> None:
     optimizer = loaded.configure_optimizers()
     assert isinstance(optimizer, torch.optim.Adam)
     assert optimizer.param_groups[0]["lr"] == 0.001
+
+
+def test_exponential_decay_matches_the_reproduction_values() -> None:
+    from reidgen.optim import ExponentialDecayLR
+
+    optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=2e-4)
+    scheduler = ExponentialDecayLR(optimizer, start_epoch=150, total_epochs=300)
+    rates = []
+    for _ in range(300):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    # README of the reproduction: 2e-4 up to epoch 150, 1.91e-4 at epoch 151, 2e-7 at epoch 300.
+    assert rates[149] == pytest.approx(2e-4)
+    assert (
+        rates[150] == pytest.approx(2e-4 * 0.001 ** (1 / 150)) == pytest.approx(1.91e-4, rel=1e-3)
+    )
+    assert rates[299] == pytest.approx(2e-7)
+    with pytest.raises(ValueError, match="start_epoch"):
+        ExponentialDecayLR(optimizer, start_epoch=300, total_epochs=300)

@@ -14,7 +14,7 @@ import hydra
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from reidgen import resolvers
 from reidgen.data.datamodule import ReIDDataModule
@@ -35,7 +35,7 @@ def checkpoint_datamodule(data: DictConfig, method: ReIDMethod) -> ReIDDataModul
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     run_dir = start_run(cfg)
-    method = load_method(cfg.ckpt)
+    method = load_method(cfg.ckpt, overrides=OmegaConf.to_container(cfg.method_overrides))
     method.evaluator = instantiate(cfg.eval)
     datamodule = checkpoint_datamodule(cfg.data, method)
     datamodule.setup("test")

@@ -102,3 +102,38 @@ class LossAdaptiveSchedule:
         self.base_loss = state["base_loss"]
         self.stepped_at = state["stepped_at"]
         self.final_epochs = int(state["final_epochs"])
+
+
+class ExponentialDecayLR(LRScheduler):
+    """The AlignedReID reproduction's "exp" schedule, stepped once per epoch (0-based ``e``):
+    the base rate until ``start_epoch``, then ``base * final_factor ** ((e + 1 - start_epoch) /
+    (total_epochs - start_epoch))``, reaching ``final_factor`` x base after the last epoch.
+
+    With the reproduction's 1-based ``E0 = 151, T = 300``: ``start_epoch=150, total_epochs=300``.
+    """
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        start_epoch: int = 150,
+        total_epochs: int = 300,
+        final_factor: float = 0.001,
+        last_epoch: int = -1,
+    ) -> None:
+        if not 0 <= start_epoch < total_epochs:
+            raise ValueError(
+                f"need 0 <= start_epoch < total_epochs, got {start_epoch} and {total_epochs}"
+            )
+        self.start_epoch = start_epoch
+        self.total_epochs = total_epochs
+        self.final_factor = final_factor
+        super().__init__(optimizer, last_epoch)
+
+    def factor(self, epoch: int) -> float:
+        if epoch < self.start_epoch:
+            return 1.0
+        progress = (epoch + 1 - self.start_epoch) / (self.total_epochs - self.start_epoch)
+        return self.final_factor ** min(progress, 1.0)
+
+    def get_lr(self) -> list[float]:
+        return [base * self.factor(self.last_epoch) for base in self.base_lrs]

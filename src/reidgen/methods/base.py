@@ -11,7 +11,7 @@ the mean over targets ``<stage>/mean/<metric>``.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,8 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from torch import Tensor
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
 
 from reidgen.data.sample import Sample
 from reidgen.eval import DistanceFn, chunked_distance
@@ -64,6 +66,19 @@ class ReIDMethod(pl.LightningModule):
         """
         cosine = self.distance(features, features)
         return lambda start, stop: cosine(start, stop).mul(2).clamp_min(0).sqrt()
+
+    @staticmethod
+    def with_epoch_scheduler(
+        optimizer: Optimizer, scheduler: Callable[[Optimizer], LRScheduler] | None
+    ) -> Any:
+        """What ``configure_optimizers`` returns: ``optimizer`` alone, or with
+        ``scheduler(optimizer)`` stepped once per epoch."""
+        if scheduler is None:
+            return optimizer
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler(optimizer), "interval": "epoch"},
+        }
 
     # ----------------------------------------------------------------------- evaluation
     def merge_flipped(self, features: Tensor, flipped_features: Tensor) -> Tensor:
@@ -165,8 +180,16 @@ def _timestamps(samples: Sequence[Sample]) -> Tensor:
     return torch.tensor(times, dtype=torch.float64)
 
 
-def load_method(path: str | Path, map_location: str | torch.device = "cpu") -> ReIDMethod:
-    """Rebuilds a method from a reidgen checkpoint alone: its config and weights, no data."""
+def load_method(
+    path: str | Path,
+    map_location: str | torch.device = "cpu",
+    overrides: Mapping[str, Any] | None = None,
+) -> ReIDMethod:
+    """Rebuilds a method from a reidgen checkpoint alone: its config and weights, no data.
+
+    :param overrides: test-time changes to the stored method config, e.g.
+        ``{"test_distance": "global_local"}``; only keys the config already has (typos fail).
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
@@ -174,8 +197,17 @@ def load_method(path: str | Path, map_location: str | torch.device = "cpu") -> R
     meta = checkpoint.get(CHECKPOINT_KEY)
     if not meta or meta.get("method_config") is None:
         raise ValueError(f"{path} is not a reidgen checkpoint (no '{CHECKPOINT_KEY}' entry)")
-    method = instantiate(meta["method_config"], num_classes=meta["num_classes"])
+    config = meta["method_config"]
+    if overrides:
+        unknown = sorted(set(overrides) - set(config))
+        if unknown:
+            raise KeyError(
+                f"method override(s) {unknown} are not keys of the checkpoint's method config; "
+                f"it has: {', '.join(sorted(k for k in config if not k.startswith('_')))}"
+            )
+        config = {**config, **overrides}
+    method = instantiate(config, num_classes=meta["num_classes"])
     method.load_state_dict(checkpoint["state_dict"])
-    method.method_config = meta["method_config"]
+    method.method_config = config
     method.test_transform_config = meta.get("test_transform")
     return method

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from itertools import pairwise
 from pathlib import Path
 
 import hydra
@@ -36,16 +35,13 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 
-from reidgen.data.datamodule import ReIDDataModule
 from reidgen.data.dataset import EvalDataset, read_image
 from reidgen.data.sample import Sample
 from reidgen.eval.ranking import JUNK_PID
 from reidgen.evaluate import checkpoint_datamodule
 from reidgen.methods.base import load_method
 from reidgen.methods.qaconv.matcher import QAConvMatcher
-
-ImageLike = Image.Image | Tensor
-"""A PIL image, or a float tensor ``[3, H, W]`` with values in [0, 1]."""
+from reidgen.viz.common import ImageLike, colour, panel_size, target_dataset, to_pil
 
 # Layout of the pictures, in pixels.
 GAP = 8  # between the query and the gallery panel
@@ -59,8 +55,6 @@ FALSE_MATCH = (220, 0, 0)
 UNKNOWN_MATCH = (160, 160, 160)
 _BACKGROUND = (255, 255, 255)
 _TEXT = (20, 20, 20)
-# Line colour by strength in [0, 1]: blue (weak), yellow, red (strong).
-_RAMP = ((0.0, (40, 120, 255)), (0.5, (255, 220, 0)), (1.0, (255, 0, 0)))
 
 
 @dataclass(frozen=True)
@@ -147,25 +141,6 @@ def location_matches(query_map: Tensor, gallery_map: Tensor, matcher: QAConvMatc
 
 
 # ---------------------------------------------------------------------------------- drawing
-def _to_pil(image: ImageLike) -> Image.Image:
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    if image.dim() != 3 or image.shape[0] != 3 or not image.is_floating_point():
-        raise ValueError(
-            f"expected a float [3, H, W] tensor in [0, 1], got {image.dtype} {tuple(image.shape)}"
-        )
-    pixels = image.detach().cpu().clamp(0, 1).mul(255).round().to(torch.uint8)
-    return Image.fromarray(pixels.permute(1, 2, 0).numpy(), "RGB")
-
-
-def panel_size(image: ImageLike, height: int = 256) -> tuple[int, int]:
-    """``(width, height)`` at which :func:`draw_matches` shows ``image`` (and its partner): at
-    least ``height`` pixels tall, never shrunk, the aspect ratio kept."""
-    width_in, height_in = _to_pil(image).size
-    out_height = max(height, height_in)
-    return max(1, round(out_height * width_in / height_in)), out_height
-
-
 def _cell_box(
     cell: tuple[int, int], grid: tuple[int, int], size: tuple[int, int], x_offset: int
 ) -> tuple[int, int, int, int]:
@@ -174,14 +149,6 @@ def _cell_box(
     x0, x1 = round(col * width / w), round((col + 1) * width / w) - 1
     y0, y1 = round(row * height / h), round((row + 1) * height / h) - 1
     return x_offset + x0, y0, x_offset + max(x0, x1), max(y0, y1)
-
-
-def _colour(strength: float) -> tuple[int, int, int]:
-    for (t0, c0), (t1, c1) in pairwise(_RAMP):
-        if strength <= t1:
-            f = (strength - t0) / (t1 - t0)
-            return tuple(round(a + f * (b - a)) for a, b in zip(c0, c1, strict=True))
-    return _RAMP[-1][1]
 
 
 def draw_matches(
@@ -216,7 +183,7 @@ def draw_matches(
         raise ValueError(f"top_k must be non-negative, got {top_k}")
     if scale is not None and scale[0] > scale[1]:
         raise ValueError(f"scale must be (weakest, strongest), got {scale}")
-    query, gallery = _to_pil(query_image), _to_pil(gallery_image)
+    query, gallery = to_pil(query_image), to_pil(gallery_image)
     size = panel_size(query, height)
     width, panel_height = size
     canvas = Image.new("RGB", (2 * width + GAP, panel_height + CAPTION_HEIGHT), _BACKGROUND)
@@ -232,17 +199,17 @@ def draw_matches(
     # Weakest first, so the strongest lines end up on top where lines cross.
     for s, r, contribution in reversed(matches):
         strength = min(max((contribution - low) / (high - low), 0.0), 1.0) if high > low else 1.0
-        colour = _colour(strength)
+        line_colour = colour(strength)
         query_box = _cell_box(info.cell(s), info.grid, size, 0)
         gallery_box = _cell_box(info.cell(r), info.grid, size, width + GAP)
         line_width = 1 + round(strength * (MAX_LINE_WIDTH - 1))
         ends = [_centre(query_box), _centre(gallery_box)]
-        draw.rectangle(query_box, outline=colour)
-        draw.rectangle(gallery_box, outline=colour)
-        draw.line(ends, fill=colour, width=line_width)
+        draw.rectangle(query_box, outline=line_colour)
+        draw.rectangle(gallery_box, outline=line_colour)
+        draw.line(ends, fill=line_colour, width=line_width)
         for x, y in ends:  # a dot on each matched location, which thin lines barely show
             radius = line_width / 2 + 1.5
-            draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=colour)
+            draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=line_colour)
 
     score = f"score {float(info.score):.3f}"
     lines = [
@@ -514,28 +481,6 @@ def _rank(
 
 
 # ---------------------------------------------------------------------------------- the CLI
-def target_dataset(datamodule: ReIDDataModule, name: str | None) -> EvalDataset:
-    """The test set of target ``name`` of ``datamodule`` (its only target when ``None``); only
-    that target is indexed."""
-    names = datamodule.target_names
-    if name is None:
-        if len(names) != 1:
-            raise ValueError(
-                f"the data config has {len(names)} targets; choose one with target=<name>: "
-                f"{', '.join(names)}"
-            )
-        name = names[0]
-    elif name not in names:
-        raise ValueError(
-            f"unknown target {name!r}; the data config's targets are: {', '.join(names)} "
-            "(data.targets=[...] names others)"
-        )
-    # The other targets may be large, or absent on this machine.
-    datamodule.targets = [target for target in datamodule.targets if target.name == name]
-    datamodule.setup("test")
-    return datamodule.eval_sets[name]
-
-
 def pictures_from_config(cfg: DictConfig) -> list[MatchPicture]:
     """The CLI without Hydra's wrapper: rebuilds the checkpoint's method and writes the
     pictures (see ``reidgen/conf/viz_matches.yaml`` for the keys)."""

@@ -192,12 +192,7 @@ class QAConvMethod(ReIDMethod):
         rest = [p for p in self.parameters() if id(p) not in backbone_ids]
         optimizer = self.optimizer_factory([{"params": backbone}, {"params": rest}])
         optimizer.param_groups[0]["lr"] *= self.backbone_lr_scale
-        if self.scheduler_factory is None:
-            return optimizer
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "epoch"},
-        }
+        return self.with_epoch_scheduler(optimizer, self.scheduler_factory)
 
     def configure_gradient_clipping(
         self,
