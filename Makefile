@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-fast lint bench synth clean
+.PHONY: install run test test-fast lint bench synth reproduce-table clean
 
 install: $(STAMP)
 
@@ -36,6 +36,13 @@ bench: install
 # results table. Extra Hydra overrides: make run ARGS="method=baseline data=synth".
 run: install
 	$(BIN)/python -m reidgen.run $(ARGS)
+
+# The papers' tables from the runs' own metrics.json: runs every row of PROFILE (paper: real
+# datasets, GPUs; synthetic: every method on SynthPerson, about 35 min on 2 cores; smoke: a few
+# minutes) without a finished result, then writes results/$(PROFILE)/tables/ and the README block.
+PROFILE ?= paper
+reproduce-table: install
+	$(BIN)/python -m reidgen.report --profile $(PROFILE) --readme README.md
 
 # Generate both default SynthPerson domains and refresh the README's contact sheets.
 synth: install

@@ -1,0 +1,76 @@
+"""The papers' tables as data: ``experiments/*.yaml``, one file per table.
+
+A file holds ``table`` (its name), ``title``, ``source`` (where the reported numbers come from),
+``metrics`` (the columns, e.g. ``[rank1, mAP]``), ``profile`` (``paper`` by default, or
+``synthetic`` / ``smoke``) and ``rows``: each a ``name``, the Hydra ``overrides`` of
+``python -m reidgen.run`` that make its run, and optionally ``reported``:
+``{target: {metric: value in %}}``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+PROFILES = ("paper", "synthetic", "smoke")
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    overrides: tuple[str, ...]
+    reported: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @property
+    def slug(self) -> str:
+        """A folder name for the row's run: the name in lower case, non-alphanumerics as ``-``."""
+        return re.sub(r"[^a-z0-9]+", "-", self.name.lower()).strip("-")
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    title: str
+    source: str
+    metrics: tuple[str, ...]
+    profile: str
+    rows: tuple[Row, ...]
+
+
+def load_table(path: Path) -> Table:
+    """Reads and checks one table file; errors name the file and the problem."""
+    data = yaml.safe_load(path.read_text())
+    if not isinstance(data, dict) or "rows" not in data or "table" not in data:
+        raise ValueError(f"{path}: expected a mapping with 'table' and 'rows'")
+    profile = data.get("profile", "paper")
+    if profile not in PROFILES:
+        raise ValueError(f"{path}: profile must be one of {PROFILES}, got {profile!r}")
+    rows = []
+    for index, row in enumerate(data["rows"]):
+        if not isinstance(row, dict) or "name" not in row or "overrides" not in row:
+            raise ValueError(f"{path}: row {index} needs 'name' and 'overrides'")
+        rows.append(Row(row["name"], tuple(row["overrides"]), dict(row.get("reported") or {})))
+    slugs = [row.slug for row in rows]
+    if len(set(slugs)) != len(slugs):
+        raise ValueError(f"{path}: row names must differ (as folder names): {slugs}")
+    return Table(
+        name=data["table"],
+        title=data.get("title", data["table"]),
+        source=data.get("source", ""),
+        metrics=tuple(data.get("metrics", ("rank1", "mAP"))),
+        profile=profile,
+        rows=tuple(rows),
+    )
+
+
+def load_tables(folder: Path, profile: str) -> list[Table]:
+    """The tables of ``profile`` among ``folder/*.yaml``, in file-name order."""
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"experiments folder {folder} does not exist")
+    tables = [load_table(path) for path in sorted(folder.glob("*.yaml"))]
+    return [table for table in tables if table.profile == profile]

@@ -1,0 +1,90 @@
+"""Runs the rows of the tables that have no finished result, restartably.
+
+A row's run lives in ``<out>/runs/<table>/<row>/``; it is *finished* when its ``metrics.json``
+exists (``reidgen.run`` writes that file last, atomically). A folder without it is an
+interrupted run: it is moved aside to ``<row>.interrupted-<n>`` (never deleted) and the row is run
+again. A run that fails (a missing dataset, a validation mismatch, missing pretrained weights) is
+recorded in ``<row>.skipped.txt`` with the reason and retried the next time.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from reidgen.report.experiments import Row, Table
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """``metrics`` (the run's metrics.json) when finished, else ``reason`` for the skip."""
+
+    run_dir: Path
+    metrics: Path | None = None
+    reason: str | None = None
+
+
+def run_dir(out: Path, table: Table, row: Row) -> Path:
+    return out / "runs" / table.name / row.slug
+
+
+def _reason(stderr: str, limit: int = 300) -> str:
+    """The error message of a failed run: from its last ``SomethingError:`` line on (messages may
+    span lines), shortened to ``limit`` characters."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    lines = [line for line in lines if not line.startswith("Set the environment variable")]
+    if not lines:
+        return "the run failed without a message"
+    starts = [i for i, line in enumerate(lines) if re.match(r"^[\w.]+(Error|Exception)\b", line)]
+    message = " ".join(lines[starts[-1] :] if starts else lines[-1:])
+    return message if len(message) <= limit else message[: limit - 3] + "..."
+
+
+def _move_aside(directory: Path) -> Path:
+    number = 1
+    while (target := directory.with_name(f"{directory.name}.interrupted-{number}")).exists():
+        number += 1
+    directory.rename(target)
+    return target
+
+
+def run_row(
+    out: Path, table: Table, row: Row, extra_overrides: tuple[str, ...] = (), timeout: int = 0
+) -> Outcome:
+    """Runs ``row`` unless it is finished; see the module docstring."""
+    directory = run_dir(out, table, row)
+    metrics = directory / "metrics.json"
+    skipped = directory.with_name(f"{directory.name}.skipped.txt")
+    if metrics.is_file():
+        return Outcome(directory, metrics=metrics)
+    if directory.exists():
+        moved = _move_aside(directory)
+        print(f"[reproduce-table] {table.name} / {row.name}: interrupted run moved to {moved}")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    command = [
+        sys.executable,
+        "-m",
+        "reidgen.run",
+        *row.overrides,
+        *extra_overrides,
+        f"hydra.run.dir={directory}",
+    ]
+    print(f"[reproduce-table] {table.name} / {row.name}: {' '.join(command[3:])}", flush=True)
+    result = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        timeout=timeout or None,
+    )
+    if result.returncode == 0 and metrics.is_file():
+        skipped.unlink(missing_ok=True)
+        return Outcome(directory, metrics=metrics)
+    reason = _reason(result.stderr)
+    skipped.write_text(reason + "\n")
+    print(f"[reproduce-table] {table.name} / {row.name}: skipped: {reason}", flush=True)
+    return Outcome(directory, reason=reason)

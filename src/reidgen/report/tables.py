@@ -1,0 +1,218 @@
+"""Tables built only from the runs' ``metrics.json`` files: reported vs reproduced, the difference,
+and each number's provenance; written as Markdown, CSV, LaTeX and a PNG chart."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+from reidgen.report.experiments import Table
+from reidgen.report.runner import Outcome
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One (row, target, metric) number: ``reported`` from the table file, ``reproduced`` from
+    the run's metrics.json (None when the row has no finished run)."""
+
+    row: str
+    target: str
+    metric: str
+    reported: float | None
+    reproduced: float | None
+
+    @property
+    def difference(self) -> float | None:
+        if self.reported is None or self.reproduced is None:
+            return None
+        return self.reproduced - self.reported
+
+
+@dataclass(frozen=True)
+class RowResult:
+    name: str
+    cells: tuple[Cell, ...]
+    provenance: str  # revision, seed, GPUs, dataset variants, date; or why the row was skipped
+    skipped: bool
+
+
+def collect(table: Table, outcomes: dict[str, Outcome]) -> list[RowResult]:
+    """Every row's cells: the reported targets and metrics, or, for rows without reported
+    numbers, every target the run tested (the mean over targets excluded)."""
+    results = []
+    for row in table.rows:
+        outcome = outcomes[row.slug]
+        record = json.loads(outcome.metrics.read_text()) if outcome.metrics else None
+        measured = record["metrics"] if record else {}
+        tested = record["targets"] if record else []
+        targets = list(row.reported) or [t for t in tested if t in measured]
+        cells = tuple(
+            Cell(
+                row.name,
+                target,
+                metric,
+                row.reported.get(target, {}).get(metric),
+                measured[target][metric] if target in measured else None,
+            )
+            for target in targets
+            for metric in table.metrics
+        )
+        if record:
+            variants = "; ".join(f"{k}: {v}" for k, v in sorted(record["dataset_variants"].items()))
+            full = record.get("git_revision") or "unknown"
+            revision = full[:12] + ("-dirty" if full.endswith("-dirty") else "")
+            provenance = (
+                f"rev {revision}, seed {record['seed']}, {record['world_size']} process(es), "
+                f"{record['date']}, {variants}"
+            )
+        else:
+            provenance = f"skipped: {outcome.reason}"
+        results.append(RowResult(row.name, cells, provenance, record is None))
+    return results
+
+
+def _number(value: float | None, signed: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{value:+.1f}" if signed else f"{value:.1f}"
+
+
+def _columns(table: Table, results: list[RowResult]) -> list[tuple[str, str]]:
+    seen: list[tuple[str, str]] = []
+    for result in results:
+        for cell in result.cells:
+            if (cell.target, cell.metric) not in seen:
+                seen.append((cell.target, cell.metric))
+    return seen
+
+
+def _lookup(result: RowResult, target: str, metric: str) -> Cell | None:
+    return next((c for c in result.cells if (c.target, c.metric) == (target, metric)), None)
+
+
+def to_markdown(table: Table, results: list[RowResult]) -> str:
+    """Each (target, metric): reported / reproduced (difference); then the provenance."""
+    columns = _columns(table, results)
+    header = "| row | " + " | ".join(f"{t} {m}" for t, m in columns) + " | provenance |"
+    lines = [f"**{table.title}**", ""]
+    if table.source:
+        lines += [
+            f"Reported numbers: {table.source}. Cells: reported / reproduced (difference).",
+            "",
+        ]
+    lines += [header, "|---" * (len(columns) + 2) + "|"]
+    for result in results:
+        values = []
+        for target, metric in columns:
+            cell = _lookup(result, target, metric)
+            if cell is None:
+                values.append("")
+            elif cell.reported is None:
+                values.append(_number(cell.reproduced))
+            else:
+                values.append(
+                    f"{_number(cell.reported)} / {_number(cell.reproduced)} "
+                    f"({_number(cell.difference, signed=True)})"
+                )
+        lines.append(f"| {result.name} | " + " | ".join(values) + f" | {result.provenance} |")
+    return "\n".join(lines)
+
+
+def to_csv(results: list[RowResult]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(
+        ["row", "target", "metric", "reported", "reproduced", "difference", "provenance"]
+    )
+    for result in results:
+        for cell in result.cells:
+            writer.writerow(
+                [
+                    cell.row,
+                    cell.target,
+                    cell.metric,
+                    "" if cell.reported is None else cell.reported,
+                    "" if cell.reproduced is None else round(cell.reproduced, 4),
+                    "" if cell.difference is None else round(cell.difference, 4),
+                    result.provenance,
+                ]
+            )
+    return buffer.getvalue()
+
+
+def _latex_escape(text: str) -> str:
+    for raw, escaped in (
+        ("\\", r"\textbackslash{}"),
+        ("&", r"\&"),
+        ("%", r"\%"),
+        ("_", r"\_"),
+        ("#", r"\#"),
+    ):
+        text = text.replace(raw, escaped)
+    return text
+
+
+def to_latex(table: Table, results: list[RowResult]) -> str:
+    columns = _columns(table, results)
+    lines = [
+        r"\begin{tabular}{l" + "c" * len(columns) + "}",
+        r"\toprule",
+        "Row & " + " & ".join(_latex_escape(f"{t} {m}") for t, m in columns) + r" \\",
+        r"\midrule",
+    ]
+    for result in results:
+        values = []
+        for target, metric in columns:
+            cell = _lookup(result, target, metric)
+            if cell is None:
+                values.append("")
+            elif cell.reported is None:
+                values.append(_number(cell.reproduced))
+            else:
+                values.append(f"{_number(cell.reported)} / {_number(cell.reproduced)}")
+        lines.append(_latex_escape(result.name) + " & " + " & ".join(values) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def to_png(table: Table, results: list[RowResult], path: Path) -> None:
+    """A horizontal bar chart: per (row, target, metric) the reported (grey) and reproduced
+    (blue) value, on a 0-100 scale."""
+    bars = [c for r in results for c in r.cells]
+    width, label_width, bar_height = 760, 330, 9
+    height = 30 + len(bars) * (2 * bar_height + 8)
+    image = Image.new("RGB", (width, max(height, 60)), (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    draw.text((4, 4), table.title[:110], fill=(0, 0, 0))
+    scale = (width - label_width - 40) / 100
+    y = 26
+    for cell in bars:
+        draw.text((4, y + 2), f"{cell.row[:34]} | {cell.target} {cell.metric}"[:52], fill=(0, 0, 0))
+        for value, colour, offset in (
+            (cell.reported, (170, 170, 170), 0),
+            (cell.reproduced, (40, 110, 220), bar_height),
+        ):
+            if value is not None:
+                x1 = label_width + max(1, round(min(value, 100) * scale))
+                draw.rectangle(
+                    (label_width, y + offset, x1, y + offset + bar_height - 2), fill=colour
+                )
+                draw.text((x1 + 3, y + offset - 2), f"{value:.1f}", fill=(0, 0, 0))
+        y += 2 * bar_height + 8
+    image.save(path)
+
+
+def write_outputs(table: Table, results: list[RowResult], out: Path) -> str:
+    """Writes ``<out>/<table>.{md,csv,tex,png}``; returns the Markdown."""
+    out.mkdir(parents=True, exist_ok=True)
+    markdown = to_markdown(table, results)
+    (out / f"{table.name}.md").write_text(markdown + "\n")
+    (out / f"{table.name}.csv").write_text(to_csv(results))
+    (out / f"{table.name}.tex").write_text(to_latex(table, results))
+    to_png(table, results, out / f"{table.name}.png")
+    return markdown
