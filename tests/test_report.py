@@ -76,7 +76,8 @@ def test_smoke_profile_restart_and_skipped_rows(
     (experiments / "smoke.yaml").write_text(yaml.safe_dump(smoke))
     readme = tmp_path / "README.md"
     readme.write_text(
-        "# x\n<!-- reproduce-table:smoke:begin -->\nPLACEHOLDER-TEXT\n<!-- reproduce-table:smoke:end -->\nend\n"
+        "# x\n<!-- reproduce-table:smoke:begin -->\nPLACEHOLDER-TEXT\n"
+        "<!-- reproduce-table:smoke:end -->\nend\n"
     )
     out = tmp_path / "out"
     report(experiments, out, synth_data_dir, "--profile", "smoke", "--readme", str(readme))
