@@ -60,14 +60,13 @@ has to build one for the current epoch.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Sampler
 
-from reidgen.data.samplers import label_array, resolve_replicas
+from reidgen.data.samplers import EpochPlanSampler, label_array, resolve_replicas
 
 __all__ = ["GraphSampler", "nearest_classes"]
 
@@ -119,7 +118,7 @@ def nearest_classes(distance: torch.Tensor, k: int, chunk_rows: int = 1024) -> t
     return out
 
 
-class GraphSampler(Sampler[int]):
+class GraphSampler(EpochPlanSampler):
     """Yields dataset indices of GS batches (anchor class + nearest classes, K images each).
 
     Args:
@@ -165,7 +164,7 @@ class GraphSampler(Sampler[int]):
         self.missing_graph = missing_graph
         self.classes_per_batch = self.batch_size // self.num_instances  # C
         self.per_rank_batch_size = self.batch_size // self.num_replicas
-        self._classes_per_rank = self.classes_per_batch // self.num_replicas
+        self._groups_per_rank = self.classes_per_batch // self.num_replicas
 
         # Dataset indices per class, in dataset order (stable sort); classes in sorted order.
         order = np.argsort(label_arr, kind="stable")
@@ -314,60 +313,16 @@ class GraphSampler(Sampler[int]):
         self._plan_cache = (key, plan)
         return plan
 
-    def rank_indices(self, epoch: int | None = None) -> np.ndarray:
-        """This rank's whole epoch, int64 ``[len(self)]`` (ignores ``position``)."""
-        plan = self._plan(self.epoch if epoch is None else int(epoch))
-        lo = self.rank * self._classes_per_rank
-        return plan[:, lo : lo + self._classes_per_rank].reshape(-1)
-
-    # ------------------------------------------------------------- protocol
-    def __len__(self) -> int:
-        return self.num_batches * self.per_rank_batch_size
-
-    def __iter__(self) -> Iterator[int]:
-        # Plan eagerly so that a missing graph raises at iter(), not at the first next().
-        indices = self.rank_indices().tolist()
-        return self._iterate(indices)
-
-    def _iterate(self, indices: list[int]) -> Iterator[int]:
-        for i in range(self._position, len(indices)):
-            self._position = i + 1  # count before yielding, as RandomIdentitySampler does
-            yield indices[i]
-        self._position = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch. A *different* epoch restarts at position 0; the same epoch keeps
-        the position (a restored mid-epoch state survives Lightning's ``set_epoch``)."""
-        epoch = int(epoch)
-        if epoch < 0:
-            raise ValueError(f"epoch must be >= 0, got {epoch}")
-        if epoch != self.epoch:
-            self.epoch = epoch
-            self._position = 0
-
     def state_dict(self) -> dict[str, Any]:
-        """``{"epoch", "seed", "position", "graph_epoch", "graph"}``; ``graph`` is the int64
+        """:meth:`EpochPlanSampler.state_dict` plus ``graph_epoch`` and ``graph``, the int64
         ``[P, C-1]`` nearest-class tensor (or None), so a resumed epoch replays exactly."""
         graph = None if self._graph is None else torch.from_numpy(self._graph.copy())
-        return {
-            "epoch": self.epoch,
-            "seed": self.seed,
-            "position": self._position,
-            "graph_epoch": self._graph_epoch,
-            "graph": graph,
-        }
+        return {**super().state_dict(), "graph_epoch": self._graph_epoch, "graph": graph}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`; the next iteration yields the epoch's remaining indices.
         A state without a graph clears the graph (set one before iterating)."""
-        position = int(state.get("position", 0))
-        if not 0 <= position <= len(self):
-            raise ValueError(f"position {position} outside this sampler's epoch [0, {len(self)}]")
-        epoch = int(state["epoch"])
-        if epoch < 0:
-            raise ValueError(f"epoch must be >= 0, got {epoch}")
-        self.seed = int(state["seed"])
-        self.epoch = epoch
+        super().load_state_dict(state)
         graph = state.get("graph")
         if graph is None:
             self._graph, self._graph_epoch = None, None
@@ -375,9 +330,8 @@ class GraphSampler(Sampler[int]):
         else:
             graph_epoch = state.get("graph_epoch")
             self.set_graph(
-                torch.as_tensor(graph), epoch=epoch if graph_epoch is None else graph_epoch
+                torch.as_tensor(graph), epoch=self.epoch if graph_epoch is None else graph_epoch
             )
-        self._position = position
 
     def __repr__(self) -> str:
         return (

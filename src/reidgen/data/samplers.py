@@ -101,7 +101,75 @@ def label_array(labels: Sequence[int]) -> np.ndarray:
     return array
 
 
-class RandomIdentitySampler(Sampler[int]):
+class EpochPlanSampler(Sampler[int]):
+    """The protocol the training samplers share: an epoch is a seeded plan of whole groups.
+
+    A subclass sets ``epoch``, ``seed``, ``rank``, ``num_batches``, ``per_rank_batch_size``,
+    ``_groups_per_rank`` (groups of one batch taken by each rank) and ``_position`` (indices
+    already yielded on this rank in the current epoch), and implements ``_plan(epoch)``: int64
+    ``[num_batches, groups per batch, K]`` dataset indices, identical on every rank.
+    """
+
+    epoch: int
+    seed: int
+    rank: int
+    num_batches: int
+    per_rank_batch_size: int
+    _groups_per_rank: int
+    _position: int
+
+    def _plan(self, epoch: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def rank_indices(self, epoch: int | None = None) -> np.ndarray:
+        """This rank's whole epoch, int64 ``[len(self)]`` (ignores ``position``)."""
+        plan = self._plan(self.epoch if epoch is None else int(epoch))
+        lo = self.rank * self._groups_per_rank
+        return plan[:, lo : lo + self._groups_per_rank].reshape(-1)
+
+    def __len__(self) -> int:
+        return self.num_batches * self.per_rank_batch_size
+
+    def __iter__(self) -> Iterator[int]:
+        # Plan eagerly, so that a plan that cannot be made raises at iter(), not at next().
+        return self._iterate(self.rank_indices().tolist())
+
+    def _iterate(self, indices: list[int]) -> Iterator[int]:
+        for i in range(self._position, len(indices)):
+            # Count before yielding: a state_dict taken after receiving index i resumes at i + 1.
+            self._position = i + 1
+            yield indices[i]
+        self._position = 0  # epoch done: iterating again without set_epoch repeats it
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch. A *different* epoch restarts at position 0; setting the current
+        epoch again keeps the position, so a restored mid-epoch state survives Lightning's
+        ``set_epoch`` call at the start of the resumed epoch."""
+        epoch = int(epoch)
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        if epoch != self.epoch:
+            self.epoch = epoch
+            self._position = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"epoch", "seed", "position"}``; ``position`` = indices already yielded this epoch."""
+        return {"epoch": self.epoch, "seed": self.seed, "position": self._position}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`; the next iteration yields the epoch's remaining indices."""
+        position = int(state.get("position", 0))
+        if not 0 <= position <= len(self):
+            raise ValueError(f"position {position} outside this sampler's epoch [0, {len(self)}]")
+        epoch = int(state["epoch"])
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        self.seed = int(state["seed"])
+        self.epoch = epoch
+        self._position = position
+
+
+class RandomIdentitySampler(EpochPlanSampler):
     """Yields dataset indices that form P x K identity batches; seeded, exact length, DDP-aware.
 
     Args:
@@ -180,7 +248,7 @@ class RandomIdentitySampler(Sampler[int]):
         self.domain_balanced = bool(domain_balanced)
         self.num_identities_per_batch = self.batch_size // self.num_instances  # P
         self.per_rank_batch_size = self.batch_size // self.num_replicas
-        self._ids_per_rank = self.num_identities_per_batch // self.num_replicas  # P / R
+        self._groups_per_rank = self.num_identities_per_batch // self.num_replicas  # P / R
 
         # Group dataset indices by identity. A stable sort keeps each identity's indices in
         # dataset order, and np.unique returns the identities sorted, so the grouping is a pure
@@ -326,52 +394,6 @@ class RandomIdentitySampler(Sampler[int]):
         )
         self._plan_cache = (key, plan)
         return plan
-
-    def rank_indices(self, epoch: int | None = None) -> np.ndarray:
-        """This rank's whole epoch, int64 ``[len(self)]`` (ignores ``position``)."""
-        plan = self._plan(self.epoch if epoch is None else epoch)
-        lo = self.rank * self._ids_per_rank
-        return plan[:, lo : lo + self._ids_per_rank].reshape(-1)
-
-    # ------------------------------------------------------------- protocol
-    def __len__(self) -> int:
-        return self.num_batches * self.per_rank_batch_size
-
-    def __iter__(self) -> Iterator[int]:
-        indices = self.rank_indices().tolist()
-        start = self._position
-        for i in range(start, len(indices)):
-            # Count before yielding: a state_dict taken after receiving index i resumes at i + 1.
-            self._position = i + 1
-            yield indices[i]
-        self._position = 0  # epoch done: iterating again without set_epoch repeats it
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch's shuffle. A *different* epoch restarts at position 0; setting the
-        current epoch again keeps the position, so a restored mid-epoch state survives
-        Lightning's ``set_epoch`` call at the start of the resumed epoch."""
-        epoch = int(epoch)
-        if epoch < 0:
-            raise ValueError(f"epoch must be >= 0, got {epoch}")
-        if epoch != self.epoch:
-            self.epoch = epoch
-            self._position = 0
-
-    def state_dict(self) -> dict[str, int]:
-        """``{"epoch", "seed", "position"}``; ``position`` = indices already yielded this epoch."""
-        return {"epoch": self.epoch, "seed": self.seed, "position": self._position}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`; the next iteration yields the epoch's remaining indices."""
-        position = int(state.get("position", 0))
-        if not 0 <= position <= len(self):
-            raise ValueError(f"position {position} outside this sampler's epoch [0, {len(self)}]")
-        epoch = int(state["epoch"])
-        if epoch < 0:
-            raise ValueError(f"epoch must be >= 0, got {epoch}")
-        self.seed = int(state["seed"])
-        self.epoch = epoch
-        self._position = position
 
     def __repr__(self) -> str:
         return (
