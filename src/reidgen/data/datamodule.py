@@ -8,7 +8,6 @@ from dataclasses import replace
 from typing import Any
 
 import pytorch_lightning as pl
-import torch.distributed as dist
 from torch.utils.data import DataLoader, Sampler
 
 from reidgen.data.dataset import (
@@ -22,6 +21,7 @@ from reidgen.data.sample import Sample, Splits
 from reidgen.data.samplers import RandomIdentitySampler
 from reidgen.data.sources import DatasetSource
 from reidgen.data.validate import DatasetValidationError, count_mismatches
+from reidgen.distributed import world
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +46,6 @@ def relabel(
     ]
     label_of = {key: i for i, key in enumerate(sorted({(s.dataset, s.pid) for s in samples}))}
     return samples, [label_of[(s.dataset, s.pid)] for s in samples], label_of
-
-
-def _world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size(), dist.get_rank()
-    return 1, 0
 
 
 class ReIDDataModule(pl.LightningDataModule):
@@ -207,12 +201,12 @@ class ReIDDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None, "call setup('fit') first"
-        world, rank = _world()
+        world_count, rank = world()
         common = {
             "batch_size": self.batch_size,
             "num_instances": self.num_instances,
             "seed": self.seed,
-            "num_replicas": world,
+            "num_replicas": world_count,
             "rank": rank,
         }
         if self.sampler_factory is None:
@@ -251,12 +245,12 @@ class ReIDDataModule(pl.LightningDataModule):
         )
 
     def _eval_loaders(self) -> list[DataLoader]:
-        world, rank = _world()
+        world_count, rank = world()
         return [
             DataLoader(
                 dataset,
                 batch_size=self.eval_batch_size,
-                sampler=ShardSampler(len(dataset), world, rank),
+                sampler=ShardSampler(len(dataset), world_count, rank),
                 num_workers=self.num_workers,
             )
             for dataset in self.eval_sets.values()

@@ -24,8 +24,9 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
-import torch.distributed as dist
 from torch.utils.data import Sampler
+
+from reidgen.distributed import world
 
 __all__ = ["RandomIdentitySampler", "label_array", "max_full_batches", "resolve_replicas"]
 
@@ -62,21 +63,14 @@ def _top_by_key(candidates: np.ndarray, keys: np.ndarray, m: int) -> np.ndarray:
     return candidates[np.argsort(cand_keys, kind="stable")]
 
 
-def _default_world() -> tuple[int, int]:
-    """(world size, rank) of the initialised process group, else (1, 0)."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size(), dist.get_rank()
-    return 1, 0
-
-
 def resolve_replicas(
     num_replicas: int | None, rank: int | None, num_instances: int, batch_size: int
 ) -> tuple[int, int]:
     """(world size, rank), defaulting to the process group, checked so that a global batch of
     ``batch_size`` splits into whole groups of ``num_instances`` images per identity on every rank.
     """
-    world, this_rank = _default_world()
-    num_replicas = world if num_replicas is None else int(num_replicas)
+    world_count, this_rank = world()
+    num_replicas = world_count if num_replicas is None else int(num_replicas)
     rank = this_rank if rank is None else int(rank)
     if num_replicas < 1:
         raise ValueError(f"num_replicas must be >= 1, got {num_replicas}")

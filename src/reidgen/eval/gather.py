@@ -11,6 +11,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from reidgen.distributed import world_size
+
 
 def _all_gather_variable(tensor: Tensor) -> list[Tensor]:
     """``all_gather`` for tensors whose first dimension differs between ranks."""
@@ -31,7 +33,7 @@ def gather_by_index(values: Tensor, index: Tensor, total: int) -> Tensor:
 
     Raises ``RuntimeError`` naming the first offending index if a sample is missing or repeated.
     """
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if world_size() > 1:
         values = torch.cat(_all_gather_variable(values))
         index = torch.cat(_all_gather_variable(index))
     index_cpu = index.long().cpu()

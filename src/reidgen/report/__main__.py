@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 
 from reidgen.report.experiments import PROFILES, load_tables
-from reidgen.report.runner import Outcome, run_dir, run_row
+from reidgen.report.runner import Outcome, finished, run_dir, run_row
 from reidgen.report.tables import collect, write_outputs
 
 
@@ -44,12 +44,8 @@ def main(argv: list[str] | None = None) -> str:
         outcomes = {}
         for row in table.rows:
             if args.tables_only:
-                directory = run_dir(out, table, row)
-                metrics = directory / "metrics.json"
-                outcomes[row.slug] = (
-                    Outcome(directory, metrics=metrics)
-                    if metrics.is_file()
-                    else Outcome(directory, reason="not run yet")
+                outcomes[row.slug] = finished(out, table, row) or Outcome(
+                    run_dir(out, table, row), reason="not run yet"
                 )
             else:
                 outcomes[row.slug] = run_row(out, table, row)

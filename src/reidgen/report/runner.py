@@ -32,6 +32,13 @@ def run_dir(out: Path, table: Table, row: Row) -> Path:
     return out / "runs" / table.name / row.slug
 
 
+def finished(out: Path, table: Table, row: Row) -> Outcome | None:
+    """The row's outcome if its run has finished (its metrics.json exists), else None."""
+    directory = run_dir(out, table, row)
+    metrics = directory / "metrics.json"
+    return Outcome(directory, metrics=metrics) if metrics.is_file() else None
+
+
 def _reason(stderr: str, limit: int = 300) -> str:
     """The error message of a failed run: from its last ``SomethingError:`` line on (messages may
     span lines), shortened to ``limit`` characters."""
@@ -56,11 +63,12 @@ def run_row(
     out: Path, table: Table, row: Row, extra_overrides: tuple[str, ...] = (), timeout: int = 0
 ) -> Outcome:
     """Runs ``row`` unless it is finished; see the module docstring."""
+    done = finished(out, table, row)
+    if done is not None:
+        return done
     directory = run_dir(out, table, row)
     metrics = directory / "metrics.json"
     skipped = directory.with_name(f"{directory.name}.skipped.txt")
-    if metrics.is_file():
-        return Outcome(directory, metrics=metrics)
     if directory.exists():
         moved = _move_aside(directory)
         print(f"[reproduce-table] {table.name} / {row.name}: interrupted run moved to {moved}")

@@ -95,6 +95,17 @@ def _lookup(result: RowResult, target: str, metric: str) -> Cell | None:
     return next((c for c in result.cells if (c.target, c.metric) == (target, metric)), None)
 
 
+def _cell_text(cell: Cell | None, with_difference: bool) -> str:
+    """``reported / reproduced`` (and the signed difference), or the reproduced value alone
+    when nothing is reported; empty for a column the row does not have."""
+    if cell is None:
+        return ""
+    if cell.reported is None:
+        return _number(cell.reproduced)
+    text = f"{_number(cell.reported)} / {_number(cell.reproduced)}"
+    return f"{text} ({_number(cell.difference, signed=True)})" if with_difference else text
+
+
 def to_markdown(table: Table, results: list[RowResult]) -> str:
     """Each (target, metric): reported / reproduced (difference); then the provenance."""
     columns = _columns(table, results)
@@ -107,18 +118,7 @@ def to_markdown(table: Table, results: list[RowResult]) -> str:
         ]
     lines += [header, "|---" * (len(columns) + 2) + "|"]
     for result in results:
-        values = []
-        for target, metric in columns:
-            cell = _lookup(result, target, metric)
-            if cell is None:
-                values.append("")
-            elif cell.reported is None:
-                values.append(_number(cell.reproduced))
-            else:
-                values.append(
-                    f"{_number(cell.reported)} / {_number(cell.reproduced)} "
-                    f"({_number(cell.difference, signed=True)})"
-                )
+        values = [_cell_text(_lookup(result, t, m), with_difference=True) for t, m in columns]
         lines.append(f"| {result.name} | " + " | ".join(values) + f" | {result.provenance} |")
     return "\n".join(lines)
 
@@ -166,15 +166,7 @@ def to_latex(table: Table, results: list[RowResult]) -> str:
         r"\midrule",
     ]
     for result in results:
-        values = []
-        for target, metric in columns:
-            cell = _lookup(result, target, metric)
-            if cell is None:
-                values.append("")
-            elif cell.reported is None:
-                values.append(_number(cell.reproduced))
-            else:
-                values.append(f"{_number(cell.reported)} / {_number(cell.reproduced)}")
+        values = [_cell_text(_lookup(result, t, m), with_difference=False) for t, m in columns]
         lines.append(_latex_escape(result.name) + " & " + " & ".join(values) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines) + "\n"

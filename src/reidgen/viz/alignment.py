@@ -26,11 +26,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from reidgen.data.dataset import EvalDataset
-from reidgen.eval.ranking import JUNK_PID
 from reidgen.evaluate import checkpoint_datamodule
 from reidgen.methods.alignedreid.local_distance import alignment_path, paired_stripe_distances
 from reidgen.methods.base import ReIDMethod, load_method
-from reidgen.viz.common import ImageLike, colour, panel_size, target_dataset, to_pil
+from reidgen.viz.common import ImageLike, colour, panel_size, target_dataset, to_pil, top_results
 
 GAP = 40  # between the two panels: room for the lines
 CAPTION_HEIGHT = 18
@@ -127,14 +126,8 @@ def write_alignment_pictures(
     for query, path in zip(queries, paths, strict=True):
         sample = dataset.samples[query]
         distance = method.distance(query_features, gallery_features)(query, query + 1)[0]
-        excluded = torch.tensor(
-            [
-                g.pid == JUNK_PID or (g.pid == sample.pid and g.camid == sample.camid)
-                for g in gallery
-            ]
-        )
-        order = torch.argsort(distance.masked_fill(excluded, float("inf")), stable=True)
-        results = [int(i) for i in order[: min(top, int((~excluded).sum()))]]
+        ranked, _ = top_results(distance, sample, gallery, top)
+        results = [int(i) for i in ranked]
         images = [dataset[query]["image"]] + [
             dataset[dataset.num_query + r]["image"] for r in results
         ]

@@ -3,6 +3,7 @@ one target of a data config."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from itertools import pairwise
 
 import torch
@@ -11,6 +12,8 @@ from torch import Tensor
 
 from reidgen.data.datamodule import ReIDDataModule
 from reidgen.data.dataset import EvalDataset
+from reidgen.data.sample import Sample
+from reidgen.eval.ranking import JUNK_PID
 
 ImageLike = Image.Image | Tensor
 """A PIL image, or a float tensor ``[3, H, W]`` with values in [0, 1]."""
@@ -68,3 +71,25 @@ def target_dataset(datamodule: ReIDDataModule, name: str | None) -> EvalDataset:
     datamodule.targets = [target for target in datamodule.targets if target.name == name]
     datamodule.setup("test")
     return datamodule.eval_sets[name]
+
+
+def top_results(
+    distance: Tensor,
+    query: Sample,
+    gallery: Sequence[Sample],
+    top: int,
+    exclude_same_camera: bool = True,
+) -> tuple[Tensor, int]:
+    """The gallery positions of ``query``'s ``top`` nearest kept results by ``distance [G]``
+    (smaller = closer; ties in gallery order), and how many gallery items were kept. Junk is
+    always left out and, as the evaluation protocol does, the query's identity in its camera."""
+    pids = torch.tensor([s.pid for s in gallery])
+    camids = torch.tensor([s.camid for s in gallery])
+    left_out = pids == JUNK_PID
+    if exclude_same_camera:
+        left_out |= (pids == query.pid) & (camids == query.camid)
+    kept = int((~left_out).sum())
+    if kept == 0:
+        raise ValueError(f"every gallery image is left out for the query {query.path}")
+    ranked = torch.sort(distance.masked_fill(left_out, torch.inf), stable=True).indices
+    return ranked[: min(top, kept)], kept

@@ -37,11 +37,17 @@ from torch.utils.data import DataLoader, Subset
 
 from reidgen.data.dataset import EvalDataset, read_image
 from reidgen.data.sample import Sample
-from reidgen.eval.ranking import JUNK_PID
 from reidgen.evaluate import checkpoint_datamodule
 from reidgen.methods.base import load_method
 from reidgen.methods.qaconv.matcher import QAConvMatcher
-from reidgen.viz.common import ImageLike, colour, panel_size, target_dataset, to_pil
+from reidgen.viz.common import (
+    ImageLike,
+    colour,
+    panel_size,
+    target_dataset,
+    to_pil,
+    top_results,
+)
 
 # Layout of the pictures, in pixels.
 GAP = 8  # between the query and the gallery panel
@@ -463,21 +469,10 @@ def _rank(
 ) -> list[tuple[Tensor, int]]:
     """Per query row of ``scores [Q, G]``: the gallery positions of its ``top`` best kept
     results, best first (ties in gallery order), and how many gallery items were kept."""
-    pids = torch.tensor([s.pid for s in gallery])
-    camids = torch.tensor([s.camid for s in gallery])
-    rankings = []
-    for row, query in enumerate(queries):
-        left_out = pids == JUNK_PID
-        if exclude_same_camera:
-            left_out |= (pids == query.pid) & (camids == query.camid)
-        kept = int((~left_out).sum())
-        if kept == 0:
-            raise ValueError(f"every gallery image is left out for the query {query.path}")
-        ranked = torch.sort(
-            scores[row].masked_fill(left_out, -torch.inf), descending=True, stable=True
-        ).indices
-        rankings.append((ranked[: min(top, kept)], kept))
-    return rankings
+    return [
+        top_results(-scores[row], query, gallery, top, exclude_same_camera)
+        for row, query in enumerate(queries)
+    ]
 
 
 # ---------------------------------------------------------------------------------- the CLI

@@ -18,6 +18,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from reidgen.distributed import world_size
 from reidgen.losses import hard_example_mining, triplet_ranking_loss
 from reidgen.methods.qaconv.matcher import QAConvMatcher
 
@@ -151,8 +152,8 @@ class ClassMemoryLoss(nn.Module):
     @torch.no_grad()
     def update(self, features: Tensor, labels: Tensor) -> None:
         """Overwrite the memory of ``labels`` with ``features`` (a class's last sample wins)."""
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            world = dist.get_world_size()
+        world = world_size()
+        if world > 1:
             all_features = [torch.empty_like(features) for _ in range(world)]
             all_labels = [torch.empty_like(labels) for _ in range(world)]
             dist.all_gather(all_features, features.contiguous())

@@ -35,6 +35,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from reidgen.data.graph_sampler import GraphSampler, nearest_classes
+from reidgen.distributed import world_size
 from reidgen.eval import DistanceFn
 from reidgen.eval.rerank import RowsFn
 from reidgen.methods.base import ReIDMethod
@@ -46,10 +47,6 @@ from reidgen.optim import LossAdaptiveSchedule
 log = logging.getLogger(__name__)
 
 ADAPTIVE_STATE_KEY = "qaconv_adaptive_schedule"
-
-
-def _world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 class QAConvMethod(ReIDMethod):
@@ -162,7 +159,7 @@ class QAConvMethod(ReIDMethod):
                 self._zero() + len(losses),
             ]
         )
-        if _world_size() > 1:
+        if world_size() > 1:
             dist.all_reduce(totals)  # every rank must take the same decision
         mean_loss = float(totals[0] / totals[1].clamp(min=1))
         drop, stop = self.adaptive_schedule.update(self.current_epoch, mean_loss)
@@ -239,7 +236,7 @@ class QAConvMethod(ReIDMethod):
         finally:
             for module, mode in was_training.items():
                 module.training = mode
-        if _world_size() > 1:
+        if world_size() > 1:
             dist.broadcast(nearest, src=0)
         return nearest.cpu()
 
@@ -311,11 +308,11 @@ class QAConvGS(QAConvMethod):
         self.loss = loss
 
     def compute_loss(self, maps: Tensor, labels: Tensor) -> LossOutput:
-        if _world_size() > 1:
+        if world_size() > 1:
             # Differentiable gather: its backward sums every process's gradient of the (equal)
             # losses into the local slice, so DDP's gradient average gives the full gradient.
             maps = torch.cat(dist_nn.all_gather(maps.contiguous()))
-            all_labels = [torch.empty_like(labels) for _ in range(_world_size())]
+            all_labels = [torch.empty_like(labels) for _ in range(world_size())]
             dist.all_gather(all_labels, labels.contiguous())
             labels = torch.cat(all_labels)
         return self.loss(self.matcher(maps, maps), labels)
