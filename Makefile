@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 install: $(STAMP)
 
 # Reinstalls only when the dependency files change.
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml setup.py constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
@@ -22,8 +22,8 @@ test-fast: install
 	$(BIN)/python -m pytest -n 2 -m "not slow" $(PYTEST_ARGS)
 
 lint: install
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks setup.py
+	$(BIN)/ruff format --check src tests benchmarks setup.py
 
 bench: install
 	$(BIN)/python benchmarks/bench_synthperson.py
@@ -46,8 +46,8 @@ reproduce-table: install
 
 # Generate both default SynthPerson domains and refresh the README's contact sheets.
 synth: install
-	$(BIN)/python -m reidgen.data.synthperson --domain studio --preset small --contact-sheet
-	$(BIN)/python -m reidgen.data.synthperson --domain street --preset small --contact-sheet
+	$(BIN)/python -m reidgen.synthperson --domain studio --preset small --contact-sheet
+	$(BIN)/python -m reidgen.synthperson --domain street --preset small --contact-sheet
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

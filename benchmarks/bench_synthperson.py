@@ -19,14 +19,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from reidgen.data.synthperson.generate import (
+from reidgen.synthperson.generate import (
     SynthPersonSpec,
     generate,
     plan_dataset,
     write_structure,
 )
-from reidgen.data.synthperson.presets import get_preset
-from reidgen.data.synthperson.style import BUILTIN_DOMAINS
+from reidgen.synthperson.presets import get_preset
+from reidgen.synthperson.style import BUILTIN_DOMAINS
 
 TARGET_IMAGES_PER_SECOND = 300.0
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from reidgen.data.synthperson import ensure_synthperson
+from reidgen.synthperson import ensure_synthperson
 
 
 @pytest.fixture(scope="session")

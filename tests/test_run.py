@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from reidgen.data.synthperson import index_synthperson
+from reidgen.data.datasets.synthperson import index_synthperson
 from reidgen.eval import evaluate_ranking
 from reidgen.methods.base import METRIC_KEYS
 

@@ -58,7 +58,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 resolvers.register()
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
+@hydra.main(version_base="1.3", config_path="pkg://reidgen.conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     evaluate(cfg)
 

@@ -1,8 +1,9 @@
 """Train a method, then evaluate it on every target: ``python -m reidgen.run [overrides]``.
 
 Hydra composes ``method``, ``data``, ``hardware``, ``logger`` (and an ``experiment`` overlay) from
-``reidgen/conf``; every key can be overridden on the command line, and a key that does not exist
-fails (Hydra's struct mode). ``-m`` runs a sweep, each job in its own folder.
+``conf/`` (the package ``reidgen.conf``); every key can be overridden on the command line, and a
+key that does not exist fails (Hydra's struct mode). ``-m`` runs a sweep, each job in its own
+folder.
 """
 
 from __future__ import annotations
@@ -126,7 +127,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 resolvers.register()
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+@hydra.main(version_base="1.3", config_path="pkg://reidgen.conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     train(cfg)
 

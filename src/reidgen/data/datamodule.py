@@ -10,15 +10,9 @@ from typing import Any
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader, Sampler
 
-from reidgen.data.dataset import (
-    EpochTaggedSampler,
-    EvalDataset,
-    ShardSampler,
-    TrainDataset,
-    Transform,
-)
+from reidgen.data.dataset import EvalDataset, TrainDataset, Transform
 from reidgen.data.sample import Sample, Splits
-from reidgen.data.samplers import RandomIdentitySampler
+from reidgen.data.samplers import EpochTaggedSampler, RandomIdentitySampler, ShardSampler
 from reidgen.data.sources import DatasetSource
 from reidgen.data.validate import DatasetValidationError, count_mismatches
 from reidgen.distributed import world
@@ -65,7 +59,7 @@ class ReIDDataModule(pl.LightningDataModule):
     :param domain_balanced: each batch takes as many identities from every labelled source.
     :param sampler: the training sampler, a Hydra ``_partial_`` called as ``sampler(labels,
         batch_size=, num_instances=, seed=, num_replicas=, rank=)``, e.g. the GS
-        :class:`~reidgen.data.graph_sampler.GraphSampler`; None = the P x K
+        :class:`~reidgen.data.samplers.graph.GraphSampler`; None = the P x K
         :class:`~reidgen.data.samplers.RandomIdentitySampler`. It must yield whole per-process
         batches with ``per_rank_batch_size``, ``epoch``, ``rank``, ``set_epoch`` and
         ``state_dict`` as the shared samplers do. Once built it is handed to the method's

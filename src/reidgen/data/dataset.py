@@ -7,13 +7,13 @@ label for train sets, the dataset's own pid for test sets), ``camid`` [B], ``dom
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset
 
 from reidgen.data.sample import Sample
 from reidgen.eval.protocols import MarketProtocol, PooledProtocol, QueryGalleryProtocol
@@ -113,50 +113,3 @@ class EvalDataset(Dataset):
             "index": index,
             "is_query": index < self.num_query,
         }
-
-
-class EpochTaggedSampler(Sampler):
-    """Wraps an index sampler and tags each index with ``(epoch, rank, position)``.
-
-    Forwards ``set_epoch``, ``state_dict`` and ``load_state_dict`` so Lightning and the data module
-    still drive the wrapped sampler.
-    """
-
-    def __init__(self, sampler: Any) -> None:
-        super().__init__()
-        self.sampler = sampler
-
-    def __len__(self) -> int:
-        return len(self.sampler)
-
-    def __iter__(self) -> Iterator[tuple[int, int, int, int]]:
-        position = self.sampler.state_dict()["position"]
-        for offset, index in enumerate(self.sampler):
-            yield self.sampler.epoch, self.sampler.rank, position + offset, int(index)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.sampler.set_epoch(epoch)
-
-    def state_dict(self) -> dict[str, int]:
-        return self.sampler.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.sampler.load_state_dict(state)
-
-
-class ShardSampler(Sampler[int]):
-    """Evaluation sharding without padding: rank r takes indices r, r + R, r + 2R, ...
-
-    Unlike ``DistributedSampler`` it never repeats samples to even out ranks, so gathered features
-    hold each sample exactly once (the gather keys them by ``index``).
-    """
-
-    def __init__(self, length: int, num_replicas: int, rank: int) -> None:
-        super().__init__()
-        self.indices = list(range(rank, length, num_replicas))
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices)

@@ -11,9 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
+from reidgen.data.datasets.synthperson import index_synthperson
 from reidgen.data.sample import Splits
-from reidgen.data.synthperson import ensure_synthperson, index_synthperson
 from reidgen.eval.protocols import PooledProtocol, QueryGalleryProtocol
+from reidgen.synthperson import ensure_synthperson
 
 
 class DatasetSource(Protocol):

@@ -118,7 +118,7 @@ def main() -> None:
 
     resolvers.register()
 
-    @hydra.main(version_base="1.3", config_path="../conf", config_name="validate")
+    @hydra.main(version_base="1.3", config_path="pkg://reidgen.conf", config_name="validate")
     def run(cfg: DictConfig) -> None:
         datamodule = instantiate(cfg.data)
         reports = validate_all(datamodule.all_sources(), cfg.check_images)

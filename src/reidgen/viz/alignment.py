@@ -10,7 +10,7 @@ stripe correspondences. A person shifted down by a stripe in one crop is matched
 * :func:`write_alignment_pictures`: one PNG per chosen query of a target, its top results by the
   method's test distance stacked below each other.
 * ``python -m reidgen.viz.alignment ckpt=PATH data=synth_cross target=synth_street queries=[0,5]``
-  (config ``reidgen/conf/viz_alignment.yaml``).
+  (config ``conf/viz_alignment.yaml``).
 """
 
 from __future__ import annotations
@@ -155,7 +155,7 @@ def write_alignment_pictures(
 
 
 def pictures_from_config(cfg: DictConfig) -> list[Path]:
-    """The CLI without Hydra's wrapper (keys: ``reidgen/conf/viz_alignment.yaml``)."""
+    """The CLI without Hydra's wrapper (keys: ``conf/viz_alignment.yaml``)."""
     method = load_method(cfg.ckpt)
     _check_aligned_method(method)
     dataset = target_dataset(checkpoint_datamodule(cfg.data, method), cfg.target)
@@ -168,7 +168,7 @@ def pictures_from_config(cfg: DictConfig) -> list[Path]:
     return paths
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="viz_alignment")
+@hydra.main(version_base="1.3", config_path="pkg://reidgen.conf", config_name="viz_alignment")
 def main(cfg: DictConfig) -> None:
     pictures_from_config(cfg)
 

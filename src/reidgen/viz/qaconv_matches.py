@@ -17,7 +17,7 @@ weights of the 1.x FC and broke with the shared-FC 2.1 head (issue #32, ``docs/m
 * :func:`draw_ranked_matches`: one query's top results, a match picture each, true matches marked.
 * :func:`write_match_pictures`: ranks a target's gallery for chosen queries, one PNG per query.
 * ``python -m reidgen.viz.qaconv_matches ckpt=PATH data=synth_cross target=synth_street
-  queries=[0,5] top=3`` does that for a checkpoint (config ``reidgen/conf/viz_matches.yaml``).
+  queries=[0,5] top=3`` does that for a checkpoint (config ``conf/viz_matches.yaml``).
 
 Locations are numbered row-major on the ``h x w`` feature grid: ``s = row * w + col``.
 """
@@ -478,7 +478,7 @@ def _rank(
 # ---------------------------------------------------------------------------------- the CLI
 def pictures_from_config(cfg: DictConfig) -> list[MatchPicture]:
     """The CLI without Hydra's wrapper: rebuilds the checkpoint's method and writes the
-    pictures (see ``reidgen/conf/viz_matches.yaml`` for the keys)."""
+    pictures (see ``conf/viz_matches.yaml`` for the keys)."""
     device = torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     )
@@ -510,7 +510,7 @@ def pictures_from_config(cfg: DictConfig) -> list[MatchPicture]:
     return pictures
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="viz_matches")
+@hydra.main(version_base="1.3", config_path="pkg://reidgen.conf", config_name="viz_matches")
 def main(cfg: DictConfig) -> None:
     pictures_from_config(cfg)
 

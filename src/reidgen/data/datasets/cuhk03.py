@@ -24,7 +24,7 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
-from reidgen.data.datasets.market import (
+from reidgen.data.datasets.layout import (
     SPLIT_FOLDERS,
     NamePattern,
     find_dataset_root,

@@ -39,7 +39,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from reidgen.data.datasets.market import IMAGE_SUFFIXES, examples, list_images
+from reidgen.data.datasets.layout import IMAGE_SUFFIXES, examples, list_images
 from reidgen.data.sample import Sample, Splits
 
 DEFAULT_CAMERA_REGEX = r"c(\d+)"

@@ -42,7 +42,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Literal
 
-from reidgen.data.datasets.market import NamePattern, examples
+from reidgen.data.datasets.layout import NamePattern, examples
 from reidgen.data.sample import Sample, Splits
 
 VERSIONS = ("V1", "V2")

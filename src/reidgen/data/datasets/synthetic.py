@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from reidgen.data.datasets.market import (
+from reidgen.data.datasets.layout import (
     IMAGE_SUFFIXES,
     SPLIT_FOLDERS,
     NamePattern,
@@ -145,7 +145,7 @@ def _find(
 ) -> Path:
     """The first candidate folder that ``accepts``; else an error naming every path tried.
 
-    Like :func:`~reidgen.data.datasets.market.find_dataset_root`, for layouts that are not a
+    Like :func:`~reidgen.data.datasets.layout.find_dataset_root`, for layouts that are not a
     fixed set of sub-folders (a flat image folder, ``unreal_v*`` folders).
     """
     for folder in candidates:

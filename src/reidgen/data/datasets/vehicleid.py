@@ -35,7 +35,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from reidgen.data.datasets.market import examples, find_dataset_root
+from reidgen.data.datasets.layout import examples, find_dataset_root
 from reidgen.data.sample import Sample, Splits
 
 # Candidate dataset folders relative to ``root``, in the order they are tried.

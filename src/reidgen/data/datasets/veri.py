@@ -31,7 +31,7 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
-from reidgen.data.datasets.market import (
+from reidgen.data.datasets.layout import (
     NamePattern,
     examples,
     find_dataset_root,

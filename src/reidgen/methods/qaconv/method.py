@@ -7,7 +7,7 @@ L2 normalisation), the :class:`~.matcher.QAConvMatcher`, the official recipe's t
 * :class:`QAConv` (ECCV 2020): :class:`~.losses.ClassMemoryLoss`.
 * :class:`QAConvGS` (CVPR 2022): a loss on the ``[B, B]`` scores of the batch against itself,
   :class:`~.losses.ScoreTripletLoss` (2.1) or :class:`~.losses.PairwiseMatchingLoss` (2.0), with
-  batches from the GS graph sampler (``data.sampler``: :class:`reidgen.data.graph_sampler.
+  batches from the GS graph sampler (``data.sampler``: :class:`reidgen.data.samplers.graph.
   GraphSampler`). The method builds the sampler's class graph at the start of every epoch
   (:meth:`QAConvMethod.class_graph`); with the P x K sampler instead it is the paper's
   "competitive baseline".
@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-from reidgen.data.graph_sampler import GraphSampler, nearest_classes
+from reidgen.data.samplers.graph import GraphSampler, nearest_classes
 from reidgen.distributed import world_size
 from reidgen.eval import DistanceFn
 from reidgen.eval.rerank import RowsFn
