@@ -26,7 +26,8 @@ groups of each batch (rank ``r`` takes group slots ``r*C/R .. (r+1)*C/R - 1``, s
 anchor and its closest neighbours); ``len`` is exact and constant (``P * batch_size // R``) from
 the start, before any graph exists; ``set_epoch``, ``state_dict``/``load_state_dict`` and
 ``position`` mean the same thing. Wire it the same way:
-``DataLoader(batch_size=sampler.per_rank_batch_size, sampler=sampler)`` and ``Trainer(use_distributed_sampler=False)``.
+``DataLoader(batch_size=sampler.per_rank_batch_size, sampler=sampler)`` and
+``Trainer(use_distributed_sampler=False)``.
 
 Who builds the graph, and when: two ways.
 
