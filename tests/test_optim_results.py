@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import json
 import pathlib
 import re
@@ -12,9 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from reidgen.methods.base import CHECKPOINT_KEY, METRIC_KEYS, load_method
-from reidgen.methods.baseline import Baseline
-from reidgen.models import GlobalAvgPool, ResNetBackbone
+from reidgen.methods.base import METRIC_KEYS
 from reidgen.optim import WarmupMultiStepLR
 from reidgen.results import format_table, write_metrics
 
@@ -151,104 +148,3 @@ def test_format_table_rows_in_percent_with_one_decimal() -> None:
     assert METRIC_KEYS == ("mAP", "rank1", "rank5", "rank10", "mINP")
     assert format_table(RESULTS) == "\n".join(rows)
     assert format_table(RESULTS, "reidgen baseline") == "\n".join(["reidgen baseline", ""] + rows)
-
-
-# ---------------------------------------------------------------------------- checkpoints
-def test_load_method_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="nope.ckpt"):
-        load_method(tmp_path / "nope.ckpt")
-
-
-@pytest.mark.parametrize(
-    "checkpoint",
-    [
-        {"state_dict": {}},
-        {"state_dict": {}, CHECKPOINT_KEY: {"method_config": None, "num_classes": 3}},
-    ],
-)
-def test_load_method_rejects_checkpoints_without_reidgen_entry(tmp_path: Path, checkpoint) -> None:
-    path = tmp_path / "plain.ckpt"
-    torch.save(checkpoint, path)
-    with pytest.raises(ValueError, match="not a reidgen checkpoint"):
-        load_method(path)
-
-
-METHOD_CONFIG = {
-    "_target_": "reidgen.methods.baseline.Baseline",
-    "backbone": {"_target_": "reidgen.models.ResNetBackbone", "depth": 18},
-    "pooling": {"_target_": "reidgen.models.GlobalAvgPool"},
-    "optimizer": {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 0.001},
-}
-
-
-def test_load_method_round_trip_gives_the_same_features(tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    method = Baseline(
-        num_classes=5,
-        backbone=ResNetBackbone(18),
-        pooling=GlobalAvgPool(),
-        optimizer=functools.partial(torch.optim.Adam, lr=0.001),
-    )
-    method.method_config = METHOD_CONFIG
-    transform = {"_target_": "reidgen.data.transforms.build_transforms", "height": 32, "width": 16}
-    method.test_transform_config = transform
-    # Move the BN running statistics and the BNNeck affine off their initial values, so a load
-    # that silently skipped buffers or the head would show.
-    method.train()
-    with torch.no_grad():
-        method(torch.randn(4, 3, 32, 16))
-        for parameter in method.head.parameters():
-            parameter.add_(torch.randn_like(parameter))
-
-    checkpoint = {"state_dict": method.state_dict(), "epoch": 1}
-    method.on_save_checkpoint(checkpoint)
-    assert checkpoint[CHECKPOINT_KEY] == {
-        "method_config": METHOD_CONFIG,
-        "num_classes": 5,
-        "test_transform": transform,
-    }
-    path = tmp_path / "last.ckpt"
-    torch.save(checkpoint, path)
-
-    loaded = load_method(path)
-    assert type(loaded) is Baseline
-    assert loaded.num_classes == 5
-    assert loaded.method_config == METHOD_CONFIG
-    assert loaded.test_transform_config == transform
-    assert loaded.head.classifier.out_features == 5
-
-    images = torch.randn(3, 3, 32, 16)
-    method.eval()
-    loaded.eval()
-    with torch.no_grad():
-        expected = method.extract(images)
-        got = loaded.extract(images)
-        fresh = Baseline(5, ResNetBackbone(18), GlobalAvgPool(), optimizer=torch.optim.Adam)
-        unloaded = fresh.eval().extract(images)
-    assert got.shape == (3, 512)
-    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
-    assert not torch.allclose(unloaded, expected, atol=1e-3)  # the comparison can fail
-
-    optimizer = loaded.configure_optimizers()
-    assert isinstance(optimizer, torch.optim.Adam)
-    assert optimizer.param_groups[0]["lr"] == 0.001
-
-
-def test_exponential_decay_matches_the_reproduction_values() -> None:
-    from reidgen.optim import ExponentialDecayLR
-
-    optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=2e-4)
-    scheduler = ExponentialDecayLR(optimizer, start_epoch=150, total_epochs=300)
-    rates = []
-    for _ in range(300):
-        rates.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        scheduler.step()
-    # README of the reproduction: 2e-4 up to epoch 150, 1.91e-4 at epoch 151, 2e-7 at epoch 300.
-    assert rates[149] == pytest.approx(2e-4)
-    assert (
-        rates[150] == pytest.approx(2e-4 * 0.001 ** (1 / 150)) == pytest.approx(1.91e-4, rel=1e-3)
-    )
-    assert rates[299] == pytest.approx(2e-7)
-    with pytest.raises(ValueError, match="start_epoch"):
-        ExponentialDecayLR(optimizer, start_epoch=300, total_epochs=300)

@@ -17,33 +17,27 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from reidgen import resolvers
-from reidgen.data.datamodule import ReIDDataModule
-from reidgen.methods.base import ReIDMethod, load_method
-from reidgen.run import describe_sources, finish_run, start_run
-
-
-def checkpoint_datamodule(data: DictConfig, method: ReIDMethod) -> ReIDDataModule:
-    """The targets of ``data`` (no training sources), read with the test transform stored in
-    ``method``'s checkpoint (size, normalisation), unless ``data.test_transform`` is overridden
-    on the command line."""
-    overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
-    overridden = any(o.startswith("data.test_transform") for o in overrides)
-    if method.test_transform_config is None or overridden:
-        return instantiate(data, sources=[])
-    return instantiate(data, sources=[], test_transform=instantiate(method.test_transform_config))
+from reidgen.run_support import (
+    checkpoint_datamodule,
+    describe_sources,
+    finish_run,
+    load_method,
+    start_run,
+)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     run_dir = start_run(cfg)
-    method = load_method(cfg.ckpt, overrides=OmegaConf.to_container(cfg.method_overrides))
-    method.evaluator = instantiate(cfg.eval)
+    method = load_method(
+        cfg.ckpt, overrides=OmegaConf.to_container(cfg.method_overrides), evaluation=cfg.eval
+    )
     datamodule = checkpoint_datamodule(cfg.data, method)
     datamodule.setup("test")
     trainer: pl.Trainer = instantiate(cfg.trainer, logger=False, callbacks=[])
     trainer.test(method, datamodule=datamodule, verbose=False)
     results = method.eval_results["test"]
     record: dict[str, Any] = {
-        "method": method.method_config["_target_"],
+        "method": method.hparams.config["_target_"],
         "checkpoint": str(Path(cfg.ckpt).resolve()),
         "data_name": HydraConfig.get().runtime.choices.get("data"),
         **describe_sources(datamodule),

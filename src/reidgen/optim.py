@@ -42,7 +42,7 @@ class WarmupMultiStepLR(LRScheduler):
 
 
 class LossAdaptiveSchedule:
-    """QAConv 2.1's loss-driven learning-rate drop and stopping rule (doc §6.1).
+    """QAConv 2.1's loss-driven learning-rate drop and stopping rule (docs/methods/qaconv.md §6.1).
 
     After every epoch call :meth:`update` with the epoch's mean training loss. The loss of epoch
     ``base_epoch`` (0-based; 1 = the second epoch) is the reference. The first later epoch whose

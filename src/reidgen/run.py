@@ -8,71 +8,25 @@ folder.
 
 from __future__ import annotations
 
-import logging
-from pathlib import Path
 from typing import Any
 
 import hydra
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.loggers import Logger, WandbLogger
 
 from reidgen import resolvers
 from reidgen.data.datamodule import ReIDDataModule
-from reidgen.methods.base import ReIDMethod
-from reidgen.results import format_table, write_metrics
-
-log = logging.getLogger(__name__)
-
-
-def build_loggers(cfg: DictConfig) -> list[Logger]:
-    return [instantiate(node) for _, node in sorted((cfg.get("logger") or {}).items())]
-
-
-def close_loggers(loggers: list[Logger], failed: bool) -> None:
-    """Always closes W&B, also when training raised, so its run folder is complete."""
-    if any(isinstance(logger, WandbLogger) for logger in loggers):
-        import wandb
-
-        if wandb.run is not None:
-            wandb.finish(exit_code=1 if failed else 0)
-
-
-def describe_sources(datamodule: ReIDDataModule) -> dict[str, Any]:
-    return {
-        "sources": [source.name for source in datamodule.sources],
-        "targets": datamodule.target_names,
-        "dataset_variants": {
-            source.name: repr(source) for source in [*datamodule.sources, *datamodule.targets]
-        },
-    }
-
-
-def start_run(cfg: DictConfig) -> Path:
-    """Creates the run folder and saves every value the run uses, resolved, as config.yaml."""
-    run_dir = Path(cfg.paths.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    return run_dir
-
-
-def finish_run(
-    trainer: pl.Trainer,
-    run_dir: Path,
-    results: dict[str, dict[str, float]],
-    record: dict[str, Any],
-    title: str,
-) -> dict[str, Any]:
-    """On the main process: writes metrics.json and prints the results table."""
-    if not trainer.is_global_zero:
-        return record
-    record = write_metrics(run_dir / "metrics.json", results, **record)
-    print(format_table(results, title))
-    print(f"\nrun folder: {run_dir}")
-    return record
+from reidgen.run_support import (
+    build_loggers,
+    build_method,
+    close_loggers,
+    describe_sources,
+    finish_run,
+    start_run,
+)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -82,10 +36,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     datamodule: ReIDDataModule = instantiate(cfg.data)
     datamodule.setup("fit")
-    method: ReIDMethod = instantiate(cfg.method, num_classes=datamodule.num_classes)
-    method.method_config = OmegaConf.to_container(cfg.method, resolve=True)
-    method.test_transform_config = OmegaConf.to_container(cfg.data.test_transform, resolve=True)
-    method.evaluator = instantiate(cfg.eval)
+    method = build_method(
+        cfg.method,
+        datamodule.num_classes,
+        evaluation=cfg.eval,
+        test_transform=cfg.data.test_transform,
+    )
 
     checkpoints = run_dir / "checkpoints"
     callbacks = [

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from reidgen import resolvers
 from reidgen.data.datamodule import ReIDDataModule
 from reidgen.methods.base import ReIDMethod
+from reidgen.run_support import build_method
 
 resolvers.register()
 CONF = resources.files("reidgen.conf")
@@ -49,8 +50,9 @@ def test_groups_have_options() -> None:
 @pytest.mark.parametrize("method", options("method"))
 def test_method_configs_build(method: str, tmp_path: Path) -> None:
     cfg = composed([f"method={method}"], tmp_path)
-    built = instantiate(cfg.method, num_classes=7)
+    built = build_method(cfg.method, 7, evaluation=cfg.eval, test_transform=cfg.data.test_transform)
     assert isinstance(built, ReIDMethod) and built.num_classes == 7
+    assert built.hparams.config == OmegaConf.to_container(cfg.method, resolve=True)
 
 
 @pytest.mark.parametrize("data", options("data"))

@@ -17,6 +17,7 @@ from reidgen.data.sample import Sample, Splits
 from reidgen.data.samplers import EpochTaggedSampler, RandomIdentitySampler, ShardSampler
 from reidgen.data.sources import SynthPersonSource
 from reidgen.data.transforms import build_transforms
+from reidgen.methods.base import ReIDMethod
 
 HEIGHT, WIDTH = 32, 16
 BATCH, K = 8, 2  # P = 4 identities per batch
@@ -163,6 +164,7 @@ def check_pk_batch(batch: dict, train_set: TrainDataset) -> list[int]:
     index = batch["index"].tolist()
     assert batch["pid"].tolist() == [train_set.labels[i] for i in index]
     assert batch["domain"].tolist() == [train_set.samples[i].domain for i in index]
+    assert batch["source"].tolist() == [train_set.sources[i] for i in index]
     assert batch["camid"].tolist() == [train_set.samples[i].camid for i in index]
     return labels
 
@@ -180,15 +182,17 @@ def test_train_loader_yields_pk_batch_dicts(fit_module: ReIDDataModule) -> None:
     assert len(batches) == len(loader) > 0
     seen = set()
     for batch in batches:
-        assert set(batch) == {"image", "pid", "camid", "domain", "index"}
+        assert set(batch) == {"image", "pid", "camid", "source", "domain", "index"}
         assert batch["image"].shape == (BATCH, 3, HEIGHT, WIDTH)
         assert batch["image"].dtype == torch.float32
         assert batch["pid"].dtype == torch.long
         check_pk_batch(batch, fit_module.train_set)
         seen.update(batch["pid"].tolist())
-    # Both domains' identities are drawn.
+    # Both sources' identities are drawn; a source is its own domain.
     domains = {fit_module.train_set.samples[i].domain for b in batches for i in b["index"].tolist()}
     assert domains == {0, 1}
+    for batch in batches:
+        assert torch.equal(batch["source"], batch["domain"])
     assert seen <= set(range(fit_module.num_classes))
 
 
@@ -204,22 +208,23 @@ def test_domain_balanced_batches_take_equal_identities_per_domain(street, studio
         assert Counter(domain_of_group) == {0: BATCH // K // 2, 1: BATCH // K // 2}
 
 
-def test_eval_loaders_cover_every_index_once_with_is_query(fit_module: ReIDDataModule) -> None:
+def test_eval_loaders_cover_every_index_once_with_their_target(fit_module) -> None:
     loaders = fit_module.test_dataloader()
     assert len(loaders) == 2
-    for loader, dataset in zip(loaders, fit_module.eval_sets.values(), strict=True):
+    targets = fit_module.eval_targets
+    assert list(targets) == fit_module.target_names
+    for loader, (name, dataset) in zip(loaders, fit_module.eval_sets.items(), strict=True):
         batches = list(loader)
-        assert set(batches[0]) == {"image", "pid", "camid", "domain", "index", "is_query"}
+        assert set(batches[0]) == {"image", "index", "target"}
         assert batches[0]["image"].shape[1:] == (3, HEIGHT, WIDTH)
+        assert {t for b in batches for t in b["target"]} == {name}
         index = torch.cat([b["index"] for b in batches])
-        is_query = torch.cat([b["is_query"] for b in batches])
-        pid = torch.cat([b["pid"] for b in batches])
         assert sorted(index.tolist()) == list(range(len(dataset)))
-        assert is_query.dtype == torch.bool
-        assert torch.equal(is_query, index < dataset.num_query)
-        assert int(is_query.sum()) == dataset.num_query > 0
         # Test sets keep the dataset's own pids (distractors 0 included), not training labels.
-        assert pid.tolist() == [dataset.samples[i].pid for i in index.tolist()]
+        target = targets[name]
+        assert target.num_query == dataset.num_query > 0
+        assert target.pids.tolist() == [s.pid for s in dataset.samples]
+        assert target.camids.tolist() == [s.camid for s in dataset.samples]
     # Validation evaluates the same targets with the same (unpadded) shards.
     val = fit_module.val_dataloader()
     assert [v.dataset for v in val] == [t.dataset for t in loaders]
@@ -290,6 +295,28 @@ def test_train_dataset_different_draws_differ(train_set: TrainDataset) -> None:
 def test_train_dataset_rejects_label_count_mismatch(train_set: TrainDataset) -> None:
     with pytest.raises(ValueError, match="labels"):
         TrainDataset(train_set.samples, train_set.labels[:-1], train_set.transform)
+
+
+def test_train_dataset_items_carry_their_source_and_extra_fields(train_set) -> None:
+    def camera(sample: Sample) -> torch.Tensor:
+        return torch.tensor([sample.camid])
+
+    sources = [i % 2 for i in range(len(train_set))]
+    fields = [{"cam": camera}, {"cam": lambda sample: torch.tensor([-1])}]
+    dataset = TrainDataset(
+        train_set.samples, train_set.labels, eval_transform(), 0, sources, fields
+    )
+    assert dataset[2]["source"] == 0 and dataset[2]["cam"].tolist() == [train_set.samples[2].camid]
+    assert dataset[3]["source"] == 1 and dataset[3]["cam"].tolist() == [-1]
+    assert "cam" not in train_set[0] and train_set[0]["source"] == 0
+    with pytest.raises(ValueError, match="sources"):
+        TrainDataset(train_set.samples, train_set.labels, eval_transform(), 0, sources[:-1])
+    with pytest.raises(ValueError, match="same extra fields"):
+        TrainDataset(
+            train_set.samples, train_set.labels, eval_transform(), 0, sources, [fields[0], {}]
+        )
+    with pytest.raises(ValueError, match="covers 1 sources"):
+        TrainDataset(train_set.samples, train_set.labels, eval_transform(), 0, sources, fields[:1])
 
 
 def test_augmentations_do_not_depend_on_the_number_of_workers(train_set: TrainDataset) -> None:
@@ -430,7 +457,7 @@ def test_graph_sampler_option_yields_whole_class_groups_and_reaches_the_method(s
     module.setup("fit")
     handed: list = []
 
-    class Method:
+    class Method(ReIDMethod):
         def configure_train_sampler(self, sampler, datamodule) -> None:
             handed.append((sampler, datamodule))
             # a graph from the labels alone: class c's neighbours are c+1, c+2, ...
@@ -439,7 +466,7 @@ def test_graph_sampler_option_yields_whole_class_groups_and_reaches_the_method(s
                 torch.tensor([[(c + j) % p for j in range(1, BATCH // K)] for c in range(p)])
             )
 
-    module.trainer = SimpleNamespace(lightning_module=Method())
+    module.trainer = SimpleNamespace(current_epoch=0, lightning_module=Method(num_classes=12))
     loader = module.train_dataloader()
     module.trainer = None
     assert handed and handed[0][1] is module and isinstance(handed[0][0], GraphSampler)

@@ -118,9 +118,9 @@ def test_unlabelled_sources_are_kept_apart(
     module.setup("fit")
     assert module.num_classes == 12
     assert {s.domain for s in module.train_set.samples} == {0}
-    assert module.unlabelled_set is not None
-    assert set(module.unlabelled_set.labels) == {-1}
-    assert {s.domain for s in module.unlabelled_set.samples} == {1}
+    street = module.pool[1]
+    assert not street.labelled and set(street.own_labels.tolist()) == {-1}
+    assert {s.domain for s in street.samples} == {1}
     with pytest.raises(ValueError, match=r"data.unlabelled names \['nope'\]"):
         ReIDDataModule(["studio"], ["street"], transform, transform, catalogue, unlabelled=["nope"])
     with pytest.raises(

@@ -14,12 +14,13 @@ from torch import Tensor
 
 from reidgen.data.sample import Splits
 from reidgen.eval import evaluate_ranking
-from reidgen.eval.evaluator import Evaluator
+from reidgen.eval.evaluator import Comparison, Evaluator
+from reidgen.eval.features import Features
 from reidgen.eval.protocols import MarketProtocol, VehicleIDProtocol
 from reidgen.eval.ranking import DistanceFn
 from reidgen.eval.rerank import RowsFn, rerank
 from reidgen.eval.tlift import ECCV_DEFAULTS, tlift_distance
-from tests.eval.test_evaluator import Identity, clustered
+from tests.eval.test_evaluator import Identity, clustered, score
 
 
 class FixedDistance:
@@ -35,6 +36,9 @@ class FixedDistance:
     def rerank_rows(self, features: Tensor) -> RowsFn:
         assert self.all_pairs is not None
         return lambda start, stop: self.all_pairs[start:stop]
+
+    def comparison(self) -> Comparison:
+        return Comparison(distance=self.distance, rerank_input=self.rerank_rows)
 
 
 def ranked(distance: Tensor, pids: Tensor, camids: Tensor, num_query: int) -> dict[str, float]:
@@ -78,9 +82,15 @@ def test_tlift_fixes_a_wrong_top1_by_temporal_co_occurrence() -> None:
     # Query A: lifted score of A = (0.666 + 0.2) * 0.4 = 0.347 > of C = (0.333 + 0.2) * 0.5 = 0.267.
     features = torch.zeros(5, 1)
     method = FixedDistance(CROSSING)
-    plain = Evaluator().evaluate(method, features, CROSSING_PIDS, CROSSING_CAMS, 2)
-    metrics = Evaluator(tlift=True).evaluate(
-        method, features, CROSSING_PIDS, CROSSING_CAMS, 2, timestamps=CROSSING_TIMES
+    plain = score(Evaluator(), method, features, CROSSING_PIDS, CROSSING_CAMS, 2)
+    metrics = score(
+        Evaluator(tlift=True),
+        method,
+        features,
+        CROSSING_PIDS,
+        CROSSING_CAMS,
+        2,
+        timestamps=CROSSING_TIMES,
     )
     assert (plain["rank1"], plain["mAP"]) == (50.0, 75.0)
     assert (metrics["rank1"], metrics["mAP"]) == (100.0, 100.0)
@@ -101,7 +111,8 @@ def test_tlift_is_the_protocol_on_tlift_distance_with_the_given_parameters() -> 
     params = {"tau": 60.0, "sigma": 90.0, "K": 4, "alpha": 0.1}
     evaluator = Evaluator(tlift=True, tlift_tau=60.0, tlift_sigma=90.0, tlift_k=4, tlift_alpha=0.1)
     # A chunk size that does not divide Q: the matrix is assembled from uneven row chunks.
-    metrics = evaluator.evaluate(
+    metrics = score(
+        evaluator,
         FixedDistance(distance),
         torch.zeros(num_query + num_gallery, 1),
         pids,
@@ -119,15 +130,23 @@ def test_rerank_then_tlift_is_tlift_of_the_reranked_distance() -> None:
     features, pids, camids, num_query = clustered()
     times = torch.arange(len(features), dtype=torch.float64) * 37.0 % 900.0
     method = Identity()
-    metrics = Evaluator(rerank=True, k1=6, k2=3, tlift=True).evaluate(
-        method, features, pids, camids, num_query, timestamps=times
+    metrics = score(
+        Evaluator(rerank=True, k1=6, k2=3, tlift=True),
+        method,
+        features,
+        pids,
+        camids,
+        num_query,
+        timestamps=times,
     )
-    reranked = rerank(method.rerank_rows(features), num_query, 6, 3, num_total=len(features))
+    reranked = rerank(
+        method.rerank_rows(Features.embedding(features)), num_query, 6, 3, num_total=len(features)
+    )
     distance = lifted(reranked(0, num_query), camids, times, num_query)
     assert without_flag(metrics) == ranked(distance, pids, camids, num_query)
     assert metrics["tlift"] is True
-    rerank_only = Evaluator(rerank=True, k1=6, k2=3).evaluate(
-        method, features, pids, camids, num_query
+    rerank_only = score(
+        Evaluator(rerank=True, k1=6, k2=3), method, features, pids, camids, num_query
     )
     assert without_flag(metrics) != rerank_only
 
@@ -135,8 +154,14 @@ def test_rerank_then_tlift_is_tlift_of_the_reranked_distance() -> None:
 def test_half_precision_distances_are_lifted_in_float32() -> None:
     features = torch.zeros(5, 1)
     method = FixedDistance(CROSSING.half())
-    metrics = Evaluator(tlift=True).evaluate(
-        method, features, CROSSING_PIDS, CROSSING_CAMS, 2, timestamps=CROSSING_TIMES
+    metrics = score(
+        Evaluator(tlift=True),
+        method,
+        features,
+        CROSSING_PIDS,
+        CROSSING_CAMS,
+        2,
+        timestamps=CROSSING_TIMES,
     )
     distance = lifted(CROSSING.half().float(), CROSSING_CAMS, CROSSING_TIMES, 2)
     assert without_flag(metrics) == ranked(distance, CROSSING_PIDS, CROSSING_CAMS, 2)
@@ -154,10 +179,17 @@ def test_a_target_without_timestamps_is_evaluated_without_tlift_and_flagged(
 ) -> None:
     features = torch.zeros(5, 1)
     method = FixedDistance(CROSSING)
-    plain = Evaluator().evaluate(method, features, CROSSING_PIDS, CROSSING_CAMS, 2)
+    plain = score(Evaluator(), method, features, CROSSING_PIDS, CROSSING_CAMS, 2)
     with caplog.at_level(logging.WARNING, logger="reidgen.eval.evaluator"):
-        metrics = Evaluator(tlift=True).evaluate(
-            method, features, CROSSING_PIDS, CROSSING_CAMS, 2, timestamps=times, target="cuhk03"
+        metrics = score(
+            Evaluator(tlift=True),
+            method,
+            features,
+            CROSSING_PIDS,
+            CROSSING_CAMS,
+            2,
+            timestamps=times,
+            target="cuhk03",
         )
     assert metrics == {**plain, "tlift": False}
     assert "cuhk03 is evaluated without TLift" in caplog.text and reason in caplog.text
@@ -169,10 +201,18 @@ def test_a_pooled_protocol_is_evaluated_without_tlift_and_flagged(
     features, pids, camids, _ = clustered()
     times = torch.arange(len(features), dtype=torch.float64)
     protocol = VehicleIDProtocol(repeats=2, seed=1)
-    plain = Evaluator().evaluate(Identity(), features, pids, camids, 0, protocol)
+    plain = score(Evaluator(), Identity(), features, pids, camids, 0, protocol)
     with caplog.at_level(logging.WARNING, logger="reidgen.eval.evaluator"):
-        metrics = Evaluator(tlift=True).evaluate(
-            Identity(), features, pids, camids, 0, protocol, timestamps=times, target="vehicleid"
+        metrics = score(
+            Evaluator(tlift=True),
+            Identity(),
+            features,
+            pids,
+            camids,
+            0,
+            protocol,
+            timestamps=times,
+            target="vehicleid",
         )
     assert metrics == {**plain, "tlift": False}
     assert "vehicleid is evaluated without TLift" in caplog.text
@@ -184,19 +224,19 @@ def test_distances_outside_the_unit_interval_are_a_clear_error() -> None:
     times = torch.zeros(len(features), dtype=torch.float64)
     # Cosine distances of these features reach well above 1: TLift alone refuses them ...
     with pytest.raises(ValueError, match=r"needs distances in \[0, 1\].*eval\.rerank=true"):
-        Evaluator(tlift=True).evaluate(
-            Identity(), features, pids, camids, num_query, timestamps=times
+        score(
+            Evaluator(tlift=True), Identity(), features, pids, camids, num_query, timestamps=times
         )
     # ... and so it does negative distances such as QAConv HEAD's -score.
     with pytest.raises(ValueError, match=r"spans \[-0\.9"):
-        Evaluator(tlift=True).evaluate(
+        score(Evaluator(tlift=True),
             FixedDistance(-CROSSING), torch.zeros(5, 1), CROSSING_PIDS, CROSSING_CAMS, 2,
             timestamps=CROSSING_TIMES,
         )  # fmt: skip
     # Rounding just outside [0, 1] is accepted, as tlift_distance accepts it.
     almost = CROSSING.clone()
     almost[0, 0], almost[1, 0] = -5e-5, 1 + 5e-5
-    Evaluator(tlift=True).evaluate(
+    score(Evaluator(tlift=True),
         FixedDistance(almost), torch.zeros(5, 1), CROSSING_PIDS, CROSSING_CAMS, 2,
         timestamps=CROSSING_TIMES,
     )  # fmt: skip
@@ -206,7 +246,7 @@ def test_timestamps_must_match_the_samples() -> None:
     with pytest.raises(
         ValueError, match=r"timestamps of street have shape \(4,\), expected \(5,\)"
     ):
-        Evaluator(tlift=True).evaluate(
+        score(Evaluator(tlift=True),
             FixedDistance(CROSSING), torch.zeros(5, 1), CROSSING_PIDS, CROSSING_CAMS, 2,
             timestamps=CROSSING_TIMES[:4], target="street",
         )  # fmt: skip
@@ -258,8 +298,7 @@ def test_finish_eval_passes_each_targets_timestamps(
     module = ReIDDataModule(
         [], [street, Untimed(street)], transform, transform, eval_batch_size=16, num_workers=0
     )
-    method = Identity()
-    method.evaluator = Evaluator(rerank=True, tlift=True)
+    method = Identity(evaluation={"rerank": True, "tlift": True})
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=1,
@@ -280,9 +319,9 @@ def test_finish_eval_passes_each_targets_timestamps(
     camids = torch.tensor([s.camid for s in samples])
     times = torch.tensor([s.timestamp for s in samples], dtype=torch.float64)
     num_query = len(splits.query)
-    reranked = rerank(method.rerank_rows(features), num_query, num_total=len(features))(
-        0, num_query
-    )
+    reranked = rerank(
+        method.rerank_rows(Features.embedding(features)), num_query, num_total=len(features)
+    )(0, num_query)
     expected = ranked(lifted(reranked, camids, times, num_query), pids, camids, num_query)
     unlifted = ranked(reranked, pids, camids, num_query)
     assert expected != unlifted  # TLift changes this target's numbers

@@ -1,9 +1,8 @@
 """QAConv match pictures: location matches against their definition, the drawings, the writer and
-the CLI's config path, with a small stand-in QAConv model on tiny SynthPerson data."""
+the CLI's config path, with a small QAConv-GS model on tiny SynthPerson data."""
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,14 +14,16 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 from PIL import Image
-from torch import Tensor, nn
+from torch import Tensor
 
 from reidgen.data.dataset import EvalDataset
 from reidgen.data.datasets.synthperson import index_synthperson
 from reidgen.data.transforms import build_transforms
-from reidgen.methods.base import CHECKPOINT_KEY
+from reidgen.methods.base import ReIDMethod
 from reidgen.methods.qaconv.matcher import QAConvMatcher
-from reidgen.models import ResNetBackbone
+from reidgen.methods.qaconv.matches import location_matches
+from reidgen.methods.qaconv.method import QAConvMethod
+from reidgen.run_support import build_method
 from reidgen.viz.qaconv_matches import (
     BORDER,
     CAPTION_HEIGHT,
@@ -32,11 +33,11 @@ from reidgen.viz.qaconv_matches import (
     TRUE_MATCH,
     draw_matches,
     draw_ranked_matches,
-    location_matches,
     pictures_from_config,
     write_match_pictures,
 )
 from tests.methods.qaconv.test_matcher import configured as configured_matcher
+from tests.viz.test_ranked import brute_force
 
 C, H, W = 5, 3, 2
 N = H * W
@@ -67,30 +68,31 @@ def configured(version: str) -> QAConvMatcher:
     return configured_matcher(version, N)
 
 
-class StandIn(nn.Module):
-    """What match pictures need of a QAConv method: ``feature_maps`` and ``matcher``."""
+QACONV = {
+    "_target_": "reidgen.methods.qaconv.method.QAConvGS",
+    "backbone": {
+        "_target_": "reidgen.models.ResNetBackbone",
+        "depth": 18,
+        "pretrained": None,
+        "out_stage": 3,
+    },
+    "optimizer": {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.01},
+    "input_size": [INPUT_H, INPUT_W],
+    "neck_channels": 16,
+    "loss": {"_target_": "reidgen.methods.qaconv.losses.ScoreTripletLoss"},
+}
+NOT_QACONV = {
+    "_target_": "reidgen.methods.baseline.Baseline",
+    "backbone": {"_target_": "reidgen.models.ResNetBackbone", "depth": 18},
+    "pooling": {"_target_": "reidgen.models.GlobalAvgPool"},
+    "optimizer": {"_target_": "torch.optim.Adam", "_partial_": True},
+}
 
-    def __init__(self, num_classes: int = 0, channels: int = 16) -> None:
-        super().__init__()
-        self.backbone = ResNetBackbone(depth=18, out_stage=3, pretrained=None)
-        self.neck = nn.Conv2d(self.backbone.out_channels, channels, 1)
-        self.matcher = QAConvMatcher(GRID[0] * GRID[1])
 
-    def feature_maps(self, images: Tensor) -> Tensor:
-        return F.normalize(self.neck(self.backbone(images)), dim=1)
-
-
-class NotQAConv(nn.Module):
-    """A method without feature maps or matcher."""
-
-    def __init__(self, num_classes: int = 0) -> None:
-        super().__init__()
-        self.fc = nn.Linear(2, 2)
-
-
-def stand_in() -> StandIn:
+def qaconv() -> QAConvMethod:
+    """A small QAConv-GS (16 channels, a 4 x 2 grid) in eval mode."""
     torch.manual_seed(0)
-    return StandIn().eval()
+    return build_method(QACONV, num_classes=0).eval()
 
 
 @pytest.fixture(scope="module")
@@ -100,81 +102,6 @@ def street_set(tiny_street: Path) -> EvalDataset:
     return EvalDataset(
         splits.query[:8], splits.gallery[:30], build_transforms(INPUT_H, INPUT_W, train=False)
     )
-
-
-# --------------------------------------------------------------------------- location_matches
-def slow_matches(m: QAConvMatcher, query: Tensor, gallery: Tensor) -> dict[str, list]:
-    """The definition, loop by loop, for single maps ``[C, h, w]``: correspondences, each
-    location's term of the eval-mode score, and the score through BN -> FC -> BN itself."""
-
-    def bn(x: float, layer: nn.BatchNorm1d) -> float:
-        mean, var = layer.running_mean.item(), layer.running_var.item()
-        return (x - mean) / math.sqrt(var + layer.eps) * layer.weight.item() + layer.bias.item()
-
-    def gain(layer: nn.BatchNorm1d) -> float:
-        return layer.weight.item() / math.sqrt(layer.running_var.item() + layer.eps)
-
-    q, g = query.reshape(query.shape[0], -1), gallery.reshape(gallery.shape[0], -1)
-    n = q.shape[1]
-    sim = [
-        [sum(q[c, s].item() * g[c, r].item() for c in range(q.shape[0])) for r in range(n)]
-        for s in range(n)
-    ]
-    q2g = [max(range(n), key=lambda r, s=s: sim[s][r]) for s in range(n)]
-    g2q = [max(range(n), key=lambda s, r=r: sim[s][r]) for r in range(n)]
-    a = [sim[s][q2g[s]] for s in range(n)]
-    b = [sim[g2q[r]][r] for r in range(n)]
-    w = m.fc.weight.reshape(-1).tolist()
-    w_a, w_b = (w, w) if m.version == "2.1" else (w[:n], w[n:])
-    k = gain(m.bn) * gain(m.logit_bn)  # what one maximum's unit change moves the logit by, per w
-    beta = m.fc.bias.item()
-    a_bn, b_bn = [bn(x, m.bn) for x in a], [bn(x, m.bn) for x in b]
-    y = sum(wi * x for wi, x in zip(w_a, a_bn, strict=True))
-    y += sum(wi * x for wi, x in zip(w_b, b_bn, strict=True))
-    y += 2 * beta if m.version == "2.1" else beta
-    return {
-        "q2g": q2g,
-        "g2q": g2q,
-        "query_contribution": [k * w_a[s] * a[s] for s in range(n)],
-        "gallery_contribution": [k * w_b[r] * b[r] for r in range(n)],
-        "score": bn(y, m.logit_bn),
-    }
-
-
-@pytest.mark.parametrize("version", ["2.1", "1.x"])
-def test_location_matches_equals_a_direct_computation(version: str) -> None:
-    m = configured(version)
-    query, gallery = unit_maps(C, H, W, seed=1), unit_maps(C, H, W, seed=2)
-    info = location_matches(query, gallery, m)
-    slow = slow_matches(m, query, gallery)
-
-    assert info.grid == (H, W) and info.similarity.shape == (N, N)
-    assert info.query_to_gallery.tolist() == slow["q2g"]
-    assert info.gallery_to_query.tolist() == slow["g2q"]
-    torch.testing.assert_close(
-        info.query_contribution, torch.tensor(slow["query_contribution"], dtype=torch.float64)
-    )
-    torch.testing.assert_close(
-        info.gallery_contribution, torch.tensor(slow["gallery_contribution"], dtype=torch.float64)
-    )
-    # The score is the sum of the location terms plus the offset, and is the matcher's score.
-    total = info.query_contribution.sum() + info.gallery_contribution.sum() + info.offset
-    torch.testing.assert_close(info.score, total)
-    torch.testing.assert_close(info.score.item(), slow["score"], rtol=0, atol=1e-10)
-    chunked = m.scores_in_chunks(query[None], gallery[None])[0, 0]
-    torch.testing.assert_close(info.score, chunked, rtol=0, atol=1e-10)
-    torch.testing.assert_close(info.score, m(query[None], gallery[None])[0, 0], rtol=0, atol=1e-10)
-    # The matcher's mode does not matter: location_matches uses the eval-mode head.
-    m.train()
-    torch.testing.assert_close(location_matches(query, gallery, m).score, info.score)
-
-
-def test_location_matches_rejects_mismatched_maps() -> None:
-    m = configured("2.1")
-    with pytest.raises(ValueError, match="one shape"):
-        location_matches(unit_maps(C, H, W, seed=1), unit_maps(C, W, H, seed=2), m)
-    with pytest.raises(ValueError, match="built for 6"):
-        location_matches(unit_maps(C, 2, 2, seed=1), unit_maps(C, 2, 2, seed=2), m)
 
 
 # --------------------------------------------------------------------------- drawing
@@ -265,39 +192,34 @@ def test_draw_ranked_matches_frames_true_and_false_matches() -> None:
 
 # --------------------------------------------------------------------------- writer
 def expected_rankings(
-    method: StandIn, dataset: EvalDataset, queries: list[int], top: int
+    method: QAConvMethod, dataset: EvalDataset, queries: list[int], top: int
 ) -> list[list[int]]:
-    """The ``top`` gallery dataset indices of each query by the matcher's scores, with the Market
-    rule (same identity and camera left out), straight from all the maps at once."""
+    """The ``top`` gallery dataset indices of each query by the method's distance, from all the
+    maps at once, sorted in Python with the Market rule (same identity and camera left out)."""
     images = torch.stack([dataset[i]["image"] for i in range(len(dataset))])
     with torch.no_grad():
         maps = method.feature_maps(images)
-        scores = method.matcher.scores_in_chunks(maps[queries], maps[dataset.num_query :])
-    rankings = []
-    for row, query in enumerate(queries):
-        q = dataset.samples[query]
-        ranked = [
-            index
-            for index in (
-                dataset.num_query + j for j in scores[row].argsort(descending=True, stable=True)
-            )
-            if (dataset.samples[index].pid, dataset.samples[index].camid) != (q.pid, q.camid)
-        ]
-        rankings.append(ranked[:top])
-    return rankings
+        distances = method.matcher.distance_fn(maps[queries], maps[dataset.num_query :])(
+            0, len(queries)
+        )
+    target = dataset.target
+    return [
+        brute_force(distances, target, query, row, exclude_same_camera=True)[:top]
+        for row, query in enumerate(queries)
+    ]
 
 
-def test_writer_ranks_by_the_matcher_and_refuses_to_overwrite(
+def test_writer_ranks_by_the_method_and_refuses_to_overwrite(
     street_set: EvalDataset, tmp_path: Path
 ) -> None:
-    method = stand_in()
+    method = qaconv()
     pictures = write_match_pictures(method, street_set, [2, 0, 2], tmp_path, top=2, top_k=4)
-    assert [p.query for p in pictures] == [2, 0]  # one picture per query, in the order given
+    assert [p.ranking.query for p in pictures] == [2, 0]  # one per query, in the order given
     expected = expected_rankings(method, street_set, [2, 0], 2)
     for picture, gallery in zip(pictures, expected, strict=True):
-        assert picture.path == tmp_path / f"query_{picture.query}.png"
-        assert picture.gallery == gallery
-        assert picture.scores == sorted(picture.scores, reverse=True)
+        assert picture.path == tmp_path / f"query_{picture.ranking.query}.png"
+        assert list(picture.ranking.results) == gallery
+        assert list(picture.ranking.distances) == sorted(picture.ranking.distances)
         with Image.open(picture.path) as image:
             assert image.format == "PNG"
             # The images as read from disk (128 x 64) are shown at 256 x 128.
@@ -310,32 +232,44 @@ def test_writer_ranks_by_the_matcher_and_refuses_to_overwrite(
     assert not (tmp_path / "query_1.png").exists()  # refused before anything was written
     assert (tmp_path / "query_0.png").read_bytes() == before
     again = write_match_pictures(method, street_set, [0], tmp_path, top=1, overwrite=True)
-    assert again[0].gallery == pictures[1].gallery[:1]
+    assert again[0].ranking.results == pictures[1].ranking.results[:1]
     assert (tmp_path / "query_0.png").read_bytes() != before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["query_0.png", "query_2.png"]
+
+
+def test_drawn_matches_decompose_the_ranked_distance(street_set: EvalDataset) -> None:
+    """The location terms drawn sum to the score the gallery was ranked by."""
+    method = qaconv()
+    images = torch.stack([street_set[i]["image"] for i in (0, 9, 12)])
+    with torch.no_grad():
+        maps = method.feature_maps(images)
+        distances = method.matcher.distance_fn(maps[:1], maps[1:])(0, 1)[0]
+    for item, distance in zip(maps[1:], distances, strict=True):
+        info = location_matches(maps[0], item, method.matcher)
+        torch.testing.assert_close(torch.sigmoid(-info.score.float() / 10), distance)
 
 
 def test_writer_errors(street_set: EvalDataset, tmp_path: Path) -> None:
     with pytest.raises(IndexError, match=f"has {street_set.num_query} queries"):
-        write_match_pictures(stand_in(), street_set, [street_set.num_query], tmp_path)
+        write_match_pictures(qaconv(), street_set, [street_set.num_query], tmp_path)
     with pytest.raises(IndexError, match="out of range"):
-        write_match_pictures(stand_in(), street_set, [-1], tmp_path)
+        write_match_pictures(qaconv(), street_set, [-1], tmp_path)
     with pytest.raises(TypeError, match="not QAConv"):
-        write_match_pictures(NotQAConv(), street_set, [0], tmp_path)
+        write_match_pictures(build_method(NOT_QACONV, 4), street_set, [0], tmp_path)
     assert not list(tmp_path.iterdir())
 
 
 # --------------------------------------------------------------------------- CLI config
-def save_checkpoint(method: nn.Module, path: Path) -> Path:
-    """A reidgen checkpoint that ``load_method`` rebuilds (config + weights, no Lightning)."""
-    config = {"_target_": f"{type(method).__module__}.{type(method).__qualname__}"}
-    meta = {"method_config": config, "num_classes": 0}
-    torch.save({"state_dict": method.state_dict(), CHECKPOINT_KEY: meta}, path)
+def save_checkpoint(method: ReIDMethod, path: Path) -> Path:
+    """A reidgen checkpoint that ``load_method`` rebuilds (hyper-parameters + weights, no
+    Lightning)."""
+    torch.save({"state_dict": method.state_dict(), "hyper_parameters": dict(method.hparams)}, path)
     return path
 
 
 def cli_config(synth_data_dir: Path, *overrides: str) -> DictConfig:
     """The CLI's config as ``python -m reidgen.viz.qaconv_matches`` composes it, on the tiny
-    street target at the stand-in's input size."""
+    street target at the model's input size."""
     with initialize_config_module("reidgen.conf", version_base="1.3"):
         return compose(
             "viz_matches",
@@ -354,24 +288,26 @@ def cli_config(synth_data_dir: Path, *overrides: str) -> DictConfig:
 def test_cli_config_writes_pictures_of_a_checkpoint(
     tiny_street: Path, synth_data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    ckpt = save_checkpoint(stand_in(), tmp_path / "standin.ckpt")
+    ckpt = save_checkpoint(qaconv(), tmp_path / "qaconv.ckpt")
     out = tmp_path / "pictures"
     overrides = ["target=synth_street_tiny", "queries=[1,4]", "top=2", f"out_dir={out}"]
     pictures = pictures_from_config(cli_config(synth_data_dir, f"ckpt={ckpt}", *overrides))
     assert sorted(p.name for p in out.iterdir()) == ["query_1.png", "query_4.png"]
     num_query = len(index_synthperson(tiny_street).query)
-    assert [p.query for p in pictures] == [1, 4]
-    assert all(len(p.gallery) == 2 and min(p.gallery) >= num_query for p in pictures)
+    assert [p.ranking.query for p in pictures] == [1, 4]
+    assert all(
+        len(p.ranking.results) == 2 and min(p.ranking.results) >= num_query for p in pictures
+    )
     assert f"query 1: {out / 'query_1.png'}" in capsys.readouterr().out
 
 
 def test_cli_config_errors(tiny_street: Path, synth_data_dir: Path, tmp_path: Path) -> None:
-    ckpt = save_checkpoint(stand_in(), tmp_path / "standin.ckpt")
+    ckpt = save_checkpoint(qaconv(), tmp_path / "qaconv.ckpt")
     out = f"out_dir={tmp_path / 'pictures'}"
     missing = tmp_path / "nope.ckpt"
     with pytest.raises(FileNotFoundError, match=re.escape(f"checkpoint {missing} does not exist")):
         pictures_from_config(cli_config(synth_data_dir, f"ckpt={missing}", out))
-    other = save_checkpoint(NotQAConv(), tmp_path / "other.ckpt")
+    other = save_checkpoint(build_method(NOT_QACONV, 4), tmp_path / "other.ckpt")
     with pytest.raises(TypeError, match="this checkpoint's method is not QAConv"):
         pictures_from_config(cli_config(synth_data_dir, f"ckpt={other}", out))
     with pytest.raises(ValueError, match="unknown target 'market'.*: synth_street_tiny"):

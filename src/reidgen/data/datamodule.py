@@ -1,21 +1,34 @@
-"""ReIDDataModule: training sources merged into one relabelled set; one loader per test target."""
+"""ReIDDataModule: training sources pooled and labelled per epoch; one loader per test target."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pytorch_lightning as pl
+import torch
 from torch.utils.data import DataLoader, Sampler
 
 from reidgen.data.dataset import EvalDataset, TrainDataset, Transform
 from reidgen.data.sample import Sample, Splits
 from reidgen.data.samplers import EpochTaggedSampler, RandomIdentitySampler, ShardSampler
 from reidgen.data.sources import DatasetSource
+from reidgen.data.training_set import (
+    UNUSED,
+    TrainingSet,
+    TrainingSource,
+    check_assignment,
+    epoch_labels,
+)
 from reidgen.data.validate import DatasetValidationError, count_mismatches
 from reidgen.distributed import world
+from reidgen.eval.target import EvalTarget
+
+if TYPE_CHECKING:
+    from reidgen.methods.base import ReIDMethod
 
 log = logging.getLogger(__name__)
 
@@ -50,22 +63,35 @@ class ReIDDataModule(pl.LightningDataModule):
     objects directly. So ``data.sources=[randperson,msmt17] data.targets=[market1501]`` composes a
     multi-source run on the command line.
 
-    :param sources: datasets whose ``train`` splits are merged for training.
+    Training: every source's ``train`` split goes into one pool, each image with its source's
+    position in ``sources`` as ``source`` and ``domain``. Before every epoch the method's
+    ``assign_training_labels`` may relabel sources (the rule:
+    :class:`~reidgen.data.training_set.TrainingSet`); the epoch's training set, sampler and loader
+    are built from the resulting labels, so the trainer must rebuild the training loader every
+    epoch (``reload_dataloaders_every_n_epochs=1``, as ``conf/trainer`` sets it). Without
+    relabelling every epoch trains on the labelled sources with their own identities.
+
+    :param sources: datasets whose ``train`` splits are trained on.
     :param targets: datasets whose ``query`` + ``gallery`` are evaluated, each separately.
     :param unlabelled: sources whose identities are not used as labels (for unsupervised and
-        domain-adaptive methods): their images go to :attr:`unlabelled_set`, not the P x K batches.
+        domain-adaptive methods): their images are left out of the batches unless the method
+        labels them in ``assign_training_labels``.
     :param batch_size: the global P x K batch over all processes.
     :param num_instances: K, images per identity in a batch.
-    :param domain_balanced: each batch takes as many identities from every labelled source.
+    :param domain_balanced: each batch takes as many identities from every source of the epoch's
+        training set (labelled sources, and the sources the method labels).
     :param sampler: the training sampler, a Hydra ``_partial_`` called as ``sampler(labels,
         batch_size=, num_instances=, seed=, num_replicas=, rank=)``, e.g. the GS
         :class:`~reidgen.data.samplers.graph.GraphSampler`; None = the P x K
         :class:`~reidgen.data.samplers.RandomIdentitySampler`. It must yield whole per-process
         batches with ``per_rank_batch_size``, ``epoch``, ``rank``, ``set_epoch`` and
-        ``state_dict`` as the shared samplers do. Once built it is handed to the method's
-        ``configure_train_sampler(sampler, datamodule)``, if the method has one.
+        ``state_dict`` as the shared samplers do. Every epoch's sampler is handed to the method's
+        ``configure_train_sampler(sampler, datamodule)`` before it is iterated.
     :param validation: ``"strict"`` refuses datasets whose counts differ from the published ones,
         ``"warn"`` logs the differences and goes on, ``"off"`` skips the comparison.
+    :param extra_fields: per-sample fields the training batches carry besides the image, e.g.
+        ``["structure"]``; every training source must offer each of them (its ``extra_fields``,
+        see :class:`~reidgen.data.sources.DatasetSource`). They are not transformed with the image.
     """
 
     def __init__(
@@ -84,6 +110,7 @@ class ReIDDataModule(pl.LightningDataModule):
         domain_balanced: bool = False,
         validation: str = "strict",
         sampler: Callable[..., Sampler] | None = None,
+        extra_fields: Sequence[str] = (),
     ) -> None:
         super().__init__()
         if not targets:
@@ -113,12 +140,17 @@ class ReIDDataModule(pl.LightningDataModule):
         self.domain_balanced = domain_balanced
         self.validation = validation
         self.sampler_factory = sampler
+        self.extra_fields = list(extra_fields)
+        # The training pool (after setup('fit')) and the current epoch's training set.
+        self.pool: list[TrainingSource] | None = None
         self.train_set: TrainDataset | None = None
-        self.unlabelled_set: TrainDataset | None = None
         self.eval_sets: dict[str, EvalDataset] = {}
         self.label_of: dict[tuple[str, int], int] = {}
         self._sampler: Any = None
         self._pending_sampler_state: dict[str, Any] | None = None
+        # (epoch, validated labels by source name) of the last epoch built, or restored from a
+        # checkpoint: the same epoch built again reuses them.
+        self._assignment: tuple[int, dict[str, np.ndarray]] | None = None
 
     def _resolve(self, item: str | DatasetSource) -> DatasetSource:
         if not isinstance(item, str):
@@ -128,6 +160,12 @@ class ReIDDataModule(pl.LightningDataModule):
                 f"unknown dataset {item!r}; the catalogue has: {', '.join(sorted(self.catalogue))}"
             )
         return self.catalogue[item]
+
+    @property
+    def eval_targets(self) -> dict[str, EvalTarget]:
+        """Every test target's identities, cameras, times, query count and protocol, by name, in
+        the order of :attr:`targets` (and of the evaluation loaders). Known after ``setup``."""
+        return {name: dataset.target for name, dataset in self.eval_sets.items()}
 
     def all_sources(self) -> list[DatasetSource]:
         """Sources, then targets (a dataset used as both appears twice)."""
@@ -139,7 +177,8 @@ class ReIDDataModule(pl.LightningDataModule):
 
     @property
     def num_classes(self) -> int:
-        if self.train_set is None:
+        """Identities of the labelled sources; training labels ``0..num_classes-1`` are theirs."""
+        if self.pool is None:
             raise RuntimeError("num_classes is known after setup('fit')")
         return len(self.label_of)
 
@@ -160,26 +199,8 @@ class ReIDDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         """Indexes the datasets (generating SynthPerson ones on first use); safe to call twice."""
-        if stage in (None, "fit") and self.train_set is None:
-            labelled = [s for s in self.sources if s.name not in self.unlabelled]
-            if not labelled:
-                raise ValueError("no labelled training source: name one in data.sources")
-            loaded = {source.name: self._load(source) for source in self.sources}
-            domains = {source.name: i for i, source in enumerate(self.sources)}
-            samples, labels, self.label_of = relabel(
-                [loaded[s.name] for s in labelled], [domains[s.name] for s in labelled]
-            )
-            self.train_set = TrainDataset(samples, labels, self.train_transform, self.seed)
-            log.info("training on %d images of %d identities", len(samples), len(self.label_of))
-            if self.unlabelled:
-                unlabelled = [
-                    replace(sample, domain=domains[name])
-                    for name in self.unlabelled
-                    for sample in loaded[name].train
-                ]
-                self.unlabelled_set = TrainDataset(
-                    unlabelled, [-1] * len(unlabelled), self.train_transform, self.seed
-                )
+        if stage in (None, "fit") and self.pool is None:
+            self._setup_pool()
         if not self.eval_sets:
             names = self.target_names
             if len(set(names)) != len(names):
@@ -191,10 +212,122 @@ class ReIDDataModule(pl.LightningDataModule):
                     splits.gallery,
                     self.test_transform,
                     getattr(target, "protocol", None),
+                    name=target.name,
                 )
 
+    def _setup_pool(self) -> None:
+        names = [source.name for source in self.sources]
+        if len(set(names)) != len(names):
+            raise ValueError(f"training sources must have distinct names, got {names}")
+        labelled = [s for s in self.sources if s.name not in self.unlabelled]
+        if not labelled:
+            raise ValueError("no labelled training source: name one in data.sources")
+        for source in self.sources:
+            offered = getattr(source, "extra_fields", {})
+            for field in self.extra_fields:
+                if field not in offered:
+                    raise ValueError(
+                        f"data.extra_fields asks for {field!r}, which training source "
+                        f"{source.name!r} does not provide; it offers: "
+                        f"{', '.join(sorted(offered)) or 'no extra fields'}"
+                    )
+        loaded = {source.name: self._load(source) for source in self.sources}
+        _, _, self.label_of = relabel([loaded[s.name] for s in labelled])
+        self.pool = []
+        for position, source in enumerate(self.sources):
+            samples = tuple(replace(s, domain=position) for s in loaded[source.name].train)
+            is_labelled = source.name not in self.unlabelled
+            own = [self.label_of[(s.dataset, s.pid)] if is_labelled else UNUSED for s in samples]
+            self.pool.append(
+                TrainingSource(source.name, is_labelled, samples, np.array(own, dtype=np.int64))
+            )
+        self.train_set = self._training_dataset(epoch_labels(self.pool, {}, self.num_classes))
+        unused = sum(len(s.samples) for s in self.pool if not s.labelled)
+        log.info("training on %d images of %d identities", len(self.train_set), len(self.label_of))
+        if unused:
+            log.info("%d images of unlabelled sources %s", unused, self.unlabelled)
+
+    def _training_dataset(self, labels: Sequence[np.ndarray]) -> TrainDataset:
+        """The images of the pool whose label is not -1, in pool order."""
+        if self.pool is None:
+            raise RuntimeError("call setup('fit') first")
+        samples, kept, positions = [], [], []
+        for position, (source, source_labels) in enumerate(zip(self.pool, labels, strict=True)):
+            for sample, label in zip(source.samples, source_labels.tolist(), strict=True):
+                if label != UNUSED:
+                    samples.append(sample)
+                    kept.append(label)
+                    positions.append(position)
+        fields = [
+            {name: getattr(source, "extra_fields", {})[name] for name in self.extra_fields}
+            for source in self.sources
+        ]
+        return TrainDataset(
+            samples,
+            kept,
+            self.train_transform,
+            self.seed,
+            sources=positions,
+            extra_fields=fields if self.extra_fields else (),
+        )
+
+    def _method(self) -> ReIDMethod | None:
+        return self.trainer.lightning_module if self.trainer is not None else None
+
+    def _assigned_labels(self, epoch: int) -> dict[str, np.ndarray]:
+        """The epoch's validated labels: restored (resume) or from the method's hook, rank 0's."""
+        if self.pool is None:
+            raise RuntimeError("call setup('fit') first")
+        if self._assignment is not None and self._assignment[0] == epoch:
+            # Re-checked: a checkpoint of other data must fail here, not train on wrong labels.
+            return check_assignment(self._assignment[1], self.pool)
+        method = self._method()
+        if method is None:
+            return {}
+        previous = self._assignment[1] if self._assignment is not None else {}
+        training_set = TrainingSet(
+            epoch,
+            self.num_classes,
+            self.pool,
+            epoch_labels(self.pool, previous, self.num_classes),
+            self.test_transform,
+            self.eval_batch_size,
+            self.num_workers,
+        )
+        returned = method.assign_training_labels(epoch, training_set)
+        world_count, rank = world()
+        if world_count > 1:
+            # Every process clusters, but only rank 0's labels count: features computed on
+            # different devices may differ in ties. CPU copies, so no rank unpickles onto another
+            # rank's GPU.
+            shared = [_portable(returned) if rank == 0 else None]
+            torch.distributed.broadcast_object_list(shared, src=0)
+            returned = shared[0]
+        assigned = check_assignment(returned, self.pool)
+        reload = getattr(self.trainer, "reload_dataloaders_every_n_epochs", 1)
+        if assigned and reload != 1:
+            raise ValueError(
+                f"{type(method).__name__}.assign_training_labels relabels the training set, but "
+                f"the trainer rebuilds the training loader every {reload} epochs (0 = never): "
+                "set trainer.reload_dataloaders_every_n_epochs=1"
+            )
+        return assigned
+
     def train_dataloader(self) -> DataLoader:
-        assert self.train_set is not None, "call setup('fit') first"
+        """The training loader of the trainer's current epoch (epoch 0 without a trainer).
+
+        Builds the epoch's training set from the method's labels (:meth:`_assigned_labels`), its
+        sampler (handed to the method's ``configure_train_sampler``), and restores a pending
+        sampler state when resuming.
+        """
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        assigned = self._assigned_labels(epoch)
+        labels = epoch_labels(self.pool, assigned, self.num_classes)
+        train_set = self._training_dataset(labels)
+        if len(train_set) == 0:
+            raise ValueError(f"epoch {epoch} has no training image: every label is -1")
+        self.train_set = train_set
+        self._assignment = (epoch, assigned)
         world_count, rank = world()
         common = {
             "batch_size": self.batch_size,
@@ -205,21 +338,25 @@ class ReIDDataModule(pl.LightningDataModule):
         }
         if self.sampler_factory is None:
             self._sampler = RandomIdentitySampler(
-                self.train_set.labels,
-                domains=[s.domain for s in self.train_set.samples],
+                train_set.labels,
+                domains=[s.domain for s in train_set.samples],
                 domain_balanced=self.domain_balanced,
                 **common,
             )
         else:
-            self._sampler = self.sampler_factory(self.train_set.labels, **common)
-        method = self.trainer.lightning_module if self.trainer is not None else None
-        if hasattr(method, "configure_train_sampler"):
+            self._sampler = self.sampler_factory(train_set.labels, **common)
+        method = self._method()
+        if method is not None:
             method.configure_train_sampler(self._sampler, self)
+        # The epoch is set here, not only by Lightning: Lightning makes a first iterator of a
+        # reloaded loader before it sets the epoch, and that one (its workers prefetch, a GS graph
+        # is built) should already be this epoch's.
+        self._sampler.set_epoch(epoch)
         if self._pending_sampler_state is not None:
             self._sampler.load_state_dict(self._pending_sampler_state)
             self._pending_sampler_state = None
         return DataLoader(
-            self.train_set,
+            train_set,
             batch_size=self._sampler.per_rank_batch_size,
             sampler=EpochTaggedSampler(self._sampler),
             num_workers=self.num_workers,
@@ -227,10 +364,12 @@ class ReIDDataModule(pl.LightningDataModule):
         )
 
     def train_images(self, indices: Sequence[int]) -> DataLoader:
-        """Training images ``indices`` with the *test* transform, in that order, for methods
-        that look at the training set with the current model (e.g. the GS class graph).
-        Batches are dicts as for evaluation; ``index`` is the position in ``indices``."""
-        assert self.train_set is not None, "call setup('fit') first"
+        """Images ``indices`` of the current epoch's training set (the sampler's indices) with
+        the *test* transform, in that order, for methods that look at the training set with the
+        current model (e.g. the GS class graph). Batches are dicts as for evaluation; ``index``
+        is the position in ``indices``."""
+        if self.train_set is None:
+            raise RuntimeError("call setup('fit') first")
         samples = [self.train_set.samples[i] for i in indices]
         return DataLoader(
             EvalDataset([], samples, self.test_transform),
@@ -257,19 +396,48 @@ class ReIDDataModule(pl.LightningDataModule):
         return self._eval_loaders()
 
     def state_dict(self) -> dict[str, Any]:
-        """The sampler's epoch and position, so a resumed run draws the same batches.
+        """The sampler's epoch and position, so a resumed run draws the same batches, and the
+        epoch's assigned labels (``{"epoch", "assigned": {source name: int64 Tensor[N]}}``), so a
+        resumed epoch trains on the same labels without asking the method again.
 
         The position counts batches *trained*, not indices handed to the loader: workers and
         Lightning prefetch, so the sampler itself runs ahead of training.
         """
-        if self._sampler is None:
-            pending = self._pending_sampler_state
-            return {"sampler": pending} if pending is not None else {}
-        state = self._sampler.state_dict()
-        if self.trainer is not None:
-            trained = self.trainer.fit_loop.epoch_loop.batch_progress.current.completed
-            state["position"] = min(trained * self._sampler.per_rank_batch_size, len(self._sampler))
-        return {"sampler": state}
+        state: dict[str, Any] = {}
+        if self._sampler is not None:
+            sampler_state = self._sampler.state_dict()
+            if self.trainer is not None:
+                trained = self.trainer.fit_loop.epoch_loop.batch_progress.current.completed
+                sampler_state["position"] = min(
+                    trained * self._sampler.per_rank_batch_size, len(self._sampler)
+                )
+            state["sampler"] = sampler_state
+        elif self._pending_sampler_state is not None:
+            state["sampler"] = self._pending_sampler_state
+        if self._assignment is not None:
+            epoch, assigned = self._assignment
+            state["labels"] = {
+                "epoch": epoch,
+                "assigned": {name: torch.from_numpy(a.copy()) for name, a in assigned.items()},
+            }
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores :meth:`state_dict`; applied when the next training loader is built."""
         self._pending_sampler_state = state.get("sampler")
+        labels = state.get("labels")
+        if labels is not None:
+            assigned = {
+                name: np.asarray(a, dtype=np.int64) for name, a in labels["assigned"].items()
+            }
+            self._assignment = (int(labels["epoch"]), assigned)
+
+
+def _portable(returned: Any) -> Any:
+    """``assign_training_labels``' result with tensors moved to the CPU, to broadcast it."""
+    if not isinstance(returned, Mapping):
+        return returned
+    return {
+        name: values.detach().cpu() if isinstance(values, torch.Tensor) else values
+        for name, values in returned.items()
+    }

@@ -2,6 +2,8 @@
 
 A source knows its name and how to produce its :class:`~reidgen.data.sample.Splits`; the data
 module does the rest. Configs build sources with ``_target_`` (their YAML mirrors the constructor).
+A source may also offer extra per-sample fields for training batches (``extra_fields``), e.g.
+SynthPerson's body-part ``structure`` maps.
 """
 
 from __future__ import annotations
@@ -11,15 +13,27 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from reidgen.data.datasets.synthperson import index_synthperson
-from reidgen.data.sample import Splits
+import numpy as np
+import torch
+
+from reidgen.data.dataset import ExtraField
+from reidgen.data.datasets.synthperson import index_synthperson, load_structure
+from reidgen.data.sample import Sample, Splits
 from reidgen.eval.protocols import PooledProtocol, QueryGalleryProtocol
 from reidgen.synthperson import ensure_synthperson
 
 
 class DatasetSource(Protocol):
-    """Anything with a ``name`` and a ``load()`` that returns the dataset's splits; an optional
-    ``protocol`` attribute says how its test split is scored (default: Market-1501's)."""
+    """Anything with a ``name`` and a ``load()`` that returns the dataset's splits.
+
+    Two optional attributes (the data module reads them with ``getattr``):
+
+    * ``protocol``: how its test split is scored (default: Market-1501's);
+    * ``extra_fields``: the named per-sample fields it offers besides the image, a mapping
+      ``name -> field(sample) -> Tensor`` (one shape for all samples of a run). A training batch
+      carries the fields that ``data.extra_fields`` asks for, stacked ``[B, ...]``, as read: they
+      do not go through the image transform. Default: none.
+    """
 
     name: str
 
@@ -29,6 +43,13 @@ class DatasetSource(Protocol):
 def default_data_dir() -> str:
     """``$REIDGEN_DATA_DIR`` or ``./data``."""
     return os.environ.get("REIDGEN_DATA_DIR", "data")
+
+
+def synthperson_structure(sample: Sample) -> torch.Tensor:
+    """A SynthPerson sample's body-part maps, uint8 ``[8, H, W]`` at the generated image size:
+    its own view, then the 7 rotations
+    (:func:`~reidgen.data.datasets.synthperson.load_structure`)."""
+    return torch.from_numpy(np.ascontiguousarray(load_structure(sample)))
 
 
 class SynthPersonSource:
@@ -52,6 +73,11 @@ class SynthPersonSource:
         self.seed = seed
         self.data_dir = data_dir or default_data_dir()
         self.name = name or f"synth_{Path(domain).stem}"
+
+    @property
+    def extra_fields(self) -> dict[str, ExtraField]:
+        """``structure``: the body-part maps, :func:`synthperson_structure`."""
+        return {"structure": synthperson_structure}
 
     def load(self) -> Splits:
         root = ensure_synthperson(self.data_dir, self.domain, self.preset, self.size, self.seed)

@@ -34,9 +34,8 @@ class RandomOcclusion:
     applied to every image (no probability). Draws use torch's global RNG, so ``torch.manual_seed``
     (or the per-worker seeding of ``DataLoader``) makes it reproducible.
 
-    Args:
-        min_size: smallest side as a fraction of ``S``, in ``[0, max_size]``.
-        max_size: largest side (exclusive) as a fraction of ``S``, in ``(0, 1]``.
+    :param min_size: smallest side as a fraction of ``S``, in ``[0, max_size]``.
+    :param max_size: largest side (exclusive) as a fraction of ``S``, in ``(0, 1]``.
 
     Input: an image tensor ``[C, H, W]`` (``uint8``, as after ``v2.ToImage()``, or float in
     [0, 1]). Output: a copy of the same shape, dtype and tensor type with the square set to the
@@ -152,29 +151,28 @@ def build_transforms(
     Test: RGB -> resize with ``interpolation`` -> float in [0, 1] -> normalise (when
     ``normalize``). Deterministic.
 
-    Args:
-        height, width: output size in pixels.
-        train: which pipeline to build; every augmentation argument is ignored for test (but
-            still validated).
-        flip_prob: probability of a horizontal flip (0 disables).
-        pad: padding in pixels before the random crop (0 disables both).
-        color_jitter: either a strength ``s``, where brightness, contrast and saturation factors
-            are drawn from ``[1 - s, 1 + s]`` and hue from ``[-s / 4, s / 4]`` (capped at 0.5) --
-            hue moves less because clothing colour is much of a person's identity; 0 disables --
-            or a pair ``[low, high]`` (any 2-number sequence, e.g. a Hydra ``ListConfig``) used
-            as the factor range of brightness, contrast and saturation, with no hue jitter unless
-            ``hue`` is given. ``[1, 1]`` disables those three factors.
-        random_erasing_prob: probability of erasing one rectangle of 2-40% of the image area
-            with aspect ratio in [0.3, 3.3], as in BoT (0 disables).
-        mean, std: per-channel statistics of the RGB input in [0, 1] (ImageNet by default).
-        normalize: subtract ``mean`` and divide by ``std``.
-        interpolation: ``"bilinear"`` or ``"bicubic"``, for the resize of both pipelines.
-        rotation: maximum rotation angle in degrees (0 disables).
-        hue: hue jitter bound in [0, 0.5]; the hue shift is drawn from ``[-hue, hue]``. ``None``
-            keeps the default of ``color_jitter`` (``s / 4`` for a strength, 0 for a pair).
-        occlusion: largest occlusion side as a fraction of ``min(height, width)``, in [0, 1]
-            (0 disables). Applied to every training image.
-        occlusion_min: smallest occlusion side fraction, in ``[0, occlusion]``.
+    :param height, width: output size in pixels.
+    :param train: which pipeline to build; every augmentation argument is ignored for test (but
+        still validated).
+    :param flip_prob: probability of a horizontal flip (0 disables).
+    :param pad: padding in pixels before the random crop (0 disables both).
+    :param color_jitter: either a strength ``s``, where brightness, contrast and saturation factors
+        are drawn from ``[1 - s, 1 + s]`` and hue from ``[-s / 4, s / 4]`` (capped at 0.5) --
+        hue moves less because clothing colour is much of a person's identity; 0 disables --
+        or a pair ``[low, high]`` (any 2-number sequence, e.g. a Hydra ``ListConfig``) used
+        as the factor range of brightness, contrast and saturation, with no hue jitter unless
+        ``hue`` is given. ``[1, 1]`` disables those three factors.
+    :param random_erasing_prob: probability of erasing one rectangle of 2-40% of the image area
+        with aspect ratio in [0.3, 3.3], as in BoT (0 disables).
+    :param mean, std: per-channel statistics of the RGB input in [0, 1] (ImageNet by default).
+    :param normalize: subtract ``mean`` and divide by ``std``.
+    :param interpolation: ``"bilinear"`` or ``"bicubic"``, for the resize of both pipelines.
+    :param rotation: maximum rotation angle in degrees (0 disables).
+    :param hue: hue jitter bound in [0, 0.5]; the hue shift is drawn from ``[-hue, hue]``. ``None``
+        keeps the default of ``color_jitter`` (``s / 4`` for a strength, 0 for a pair).
+    :param occlusion: largest occlusion side as a fraction of ``min(height, width)``, in [0, 1]
+        (0 disables). Applied to every training image.
+    :param occlusion_min: smallest occlusion side fraction, in ``[0, occlusion]``.
 
     Random erasing fills the rectangle with the per-channel ``mean`` colour, which is BoT's
     intent: after normalisation that is the value 0, without normalisation it is ``mean``.
@@ -189,11 +187,9 @@ def build_transforms(
             random_erasing_prob=0.0, normalize=False,
         )
 
-    Returns:
-        A callable mapping one image to ``float32`` ``[3, height, width]``.
+    :returns: A callable mapping one image to ``float32`` ``[3, height, width]``.
 
-    Raises:
-        ValueError: for an out-of-range or malformed argument.
+    :raises ValueError: for an out-of-range or malformed argument.
 
     Determinism: the random transforms draw from torch's global RNG. Inside ``DataLoader``
     workers that RNG is seeded per worker from the loader's base seed (itself drawn from the

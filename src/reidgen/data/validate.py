@@ -65,9 +65,8 @@ class ValidationReport:
 
     def format(self) -> str:
         lines = [f"{self.name}: {'OK' if self.ok else 'FAILED'}"]
-        if self.error is not None:
-            return "\n".join([*lines, f"  {self.error}"])
-        assert self.splits is not None
+        if self.error is not None or self.splits is None:
+            return "\n".join([*lines, f"  {self.error or 'not indexed'}"])
         lines.append(f"  variant: {self.splits.variant or 'n/a'}")
         found = self.splits.summary()
         expected = self.splits.expected or {}

@@ -18,15 +18,13 @@ def pairwise_distance(
 ) -> Tensor:
     """Distances between every query and every gallery embedding (smaller = more similar).
 
-    Args:
-        query_features: ``[Q, D]``.
-        gallery_features: ``[G, D]``.
-        metric: ``"cosine"``: 1 - cosine similarity, in [0, 2] and invariant to feature scale;
-            ``"euclidean"``: *squared* Euclidean distance (it ranks like the plain one, and is
-            what torchreid and fast-reid report as "euclidean").
+    :param query_features: ``[Q, D]``.
+    :param gallery_features: ``[G, D]``.
+    :param metric: ``"cosine"``: 1 - cosine similarity, in [0, 2] and invariant to feature scale;
+        ``"euclidean"``: *squared* Euclidean distance (it ranks like the plain one, and is
+        what torchreid and fast-reid report as "euclidean").
 
-    Returns:
-        ``[Q, G]`` on the features' device, in their dtype.
+    :returns: ``[Q, G]`` on the features' device, in their dtype.
     """
     _check_metric(metric)
     if metric == "cosine":
@@ -43,13 +41,11 @@ def chunked_distance(
 ) -> DistanceFn:
     """The callable form of :func:`pairwise_distance` for :func:`~reidgen.eval.evaluate_ranking`.
 
-    Args:
-        query_features: ``[Q, D]``.
-        gallery_features: ``[G, D]``.
-        metric: as in :func:`pairwise_distance`.
+    :param query_features: ``[Q, D]``.
+    :param gallery_features: ``[G, D]``.
+    :param metric: as in :func:`pairwise_distance`.
 
-    Returns:
-        ``distance(start, stop) -> Tensor[stop - start, G]``, which computes only the rows of
+    :returns: ``distance(start, stop) -> Tensor[stop - start, G]``, which computes only the rows of
         queries ``start:stop``, so the full ``[Q, G]`` matrix never exists.
     """
     _check_metric(metric)  # fail here, not in the middle of an evaluation

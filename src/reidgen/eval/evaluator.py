@@ -1,21 +1,27 @@
 """Test-time options in one place: flip test, query expansion, re-ranking, TLift, the protocol.
 
-The base method extracts and gathers features; :class:`Evaluator` turns one target's features into
-metrics. Configured by the ``eval`` config group, e.g. ``eval.rerank=true eval.tlift=true``.
+A method extracts :class:`~reidgen.eval.features.Features` and says how to compare them
+(:class:`Comparison`); :class:`Evaluator` turns one target's features into metrics, with the
+target's identities, cameras, times and protocol from its
+:class:`~reidgen.eval.target.EvalTarget`. Configured by the ``eval`` config group, e.g.
+``eval.rerank=true eval.tlift=true``.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Protocol
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from reidgen.eval.protocols import MarketProtocol, PooledProtocol, QueryGalleryProtocol
+from reidgen.eval.features import Features
+from reidgen.eval.protocols import PooledProtocol, QueryGalleryProtocol
 from reidgen.eval.query_expansion import average_query_expansion
 from reidgen.eval.ranking import DistanceFn
 from reidgen.eval.rerank import RowsFn, rerank
+from reidgen.eval.target import EvalTarget
 from reidgen.eval.tlift import tlift_distance
 
 log = logging.getLogger(__name__)
@@ -24,12 +30,18 @@ log = logging.getLogger(__name__)
 _TLIFT_RANGE_SLACK = 1e-4
 
 
-class Describer(Protocol):
-    """What the evaluator needs from a method: its distance, and its distance for re-ranking."""
+@dataclass(frozen=True)
+class Comparison:
+    """How a method compares two feature records: what the evaluator needs from it.
 
-    def distance(self, query_features: Tensor, gallery_features: Tensor) -> DistanceFn: ...
+    :param distance: ``(query, gallery) -> DistanceFn``, the test distance computed a chunk of
+        queries at a time (smaller = more similar).
+    :param rerank_input: ``features -> RowsFn``, the distances among all N samples as re-ranking
+        expects them (plain, not squared), ``rows(start, stop) -> Tensor[stop - start, N]``.
+    """
 
-    def rerank_rows(self, features: Tensor) -> RowsFn: ...
+    distance: Callable[[Features, Features], DistanceFn]
+    rerank_input: Callable[[Features], RowsFn]
 
 
 class Evaluator:
@@ -37,7 +49,8 @@ class Evaluator:
 
     :param flip: average the features of each image and its mirror image (used by the method
         when it extracts features).
-    :param aqe: average query expansion on embeddings ([N, D] features) before ranking.
+    :param aqe: average query expansion of the plain embedding (the ``"embedding"`` part,
+        ``[N, D]``) before ranking; a method without one is a clear error.
     :param rerank: k-reciprocal re-ranking (Zhong et al. 2017) with ``k1``, ``k2`` and
         ``lambda_value``; exact in memory up to ``rerank_memory_gb``, then the top-k path.
     :param tlift: TLift temporal lifting (Liao & Shao, ECCV 2020; :mod:`reidgen.eval.tlift`)
@@ -47,7 +60,7 @@ class Evaluator:
         scores ``1 - distance``, and the protocol ranks the lifted distance.
 
     **TLift needs time.** It applies to a target whose every sample has a timestamp. A target
-    without them (``timestamps`` None or any NaN), or with a pooled protocol (VehicleID: the
+    without them (any timestamp NaN), or with a pooled protocol (VehicleID: the
     protocol draws its own queries each round, while TLift's co-occurrence evidence comes from a
     fixed query set), is evaluated without TLift and a warning is logged: one such target among
     several must not end a run. Whenever ``tlift`` is set, each target's metrics carry
@@ -102,50 +115,35 @@ class Evaluator:
         self.tlift_alpha = tlift_alpha
 
     def evaluate(
-        self,
-        method: Describer,
-        features: Tensor,
-        pids: Tensor,
-        camids: Tensor,
-        num_query: int,
-        protocol: QueryGalleryProtocol | PooledProtocol | None = None,
-        *,
-        timestamps: Tensor | None = None,
-        target: str = "target",
+        self, features: Features, target: EvalTarget, comparison: Comparison
     ) -> dict[str, float]:
-        """Metrics of one target whose ``features`` [N, ...] hold its queries first.
+        """Metrics of one target.
 
-        A pooled protocol (VehicleID) draws its own query/gallery splits from all N samples and
-        ignores ``num_query``.
+        :param features: ``[N, ...]`` parts, the target's ``num_query`` queries first, then its
+            gallery, in the order of ``target``.
+        :param target: identities, cameras, timestamps, query count and protocol.
+        :param comparison: the method's distance and re-ranking input.
 
-        Args:
-            method: supplies the distance and the re-ranking rows.
-            features: ``[N, ...]`` features, the ``num_query`` queries first, then the gallery.
-            pids, camids: ``[N]`` integer ids, in the order of ``features``.
-            num_query: Q, the number of queries.
-            protocol: how the target is scored (default: Market-1501's).
-            timestamps: ``[N]`` float seconds (``Sample.timestamp``) in the order of
-                ``features``, NaN where unknown; only TLift reads them.
-            target: the target's name, for the messages.
+        :returns: The protocol's metrics, plus ``"tlift"`` (bool) when TLift was asked for.
 
-        Returns:
-            The protocol's metrics, plus ``"tlift"`` (bool) when TLift was asked for.
-
-        Raises:
-            ValueError: on query expansion of non-embeddings, re-ranking under a pooled
-                protocol, ``timestamps`` of the wrong shape, or TLift on a distance outside
-                ``[0, 1]`` (see the class docstring).
+        :raises ValueError: on features whose length differs from the target's, query expansion
+            without a plain embedding, re-ranking under a pooled protocol, or TLift on a
+            distance outside ``[0, 1]`` (see the class docstring).
         """
-        protocol = protocol or MarketProtocol()
-        lift = self.tlift and self._tlift_applies(protocol, timestamps, len(features), target)
+        if len(features) != len(target):
+            raise ValueError(
+                f"{target.name} has {len(target)} images but {len(features)} feature rows"
+            )
+        protocol, num_query = target.protocol, target.num_query
+        pids, camids = target.pids, target.camids
+        lift = self.tlift and self._tlift_applies(protocol, target)
         if self.aqe:
-            if features.dim() != 2:
-                raise ValueError(
-                    f"query expansion needs embeddings [N, D], got features {tuple(features.shape)}"
-                )
-            features = torch.cat(
-                average_query_expansion(
-                    features[:num_query], features[num_query:], self.aqe_top_k, self.aqe_alpha
+            embedding = features.require_embedding("query expansion (eval.aqe)")
+            features = features.replace(
+                embedding=torch.cat(
+                    average_query_expansion(
+                        embedding[:num_query], embedding[num_query:], self.aqe_top_k, self.aqe_alpha
+                    )
                 )
             )
         if protocol.pooled:
@@ -153,11 +151,11 @@ class Evaluator:
                 raise ValueError(
                     f"re-ranking needs a fixed query/gallery split; {protocol!r} draws its own"
                 )
-            metrics = protocol.evaluate_all(method.distance(features, features), pids)
+            metrics = protocol.evaluate_all(comparison.distance(features, features), pids)
         else:
             if self.rerank:
                 distance = rerank(
-                    method.rerank_rows(features),
+                    comparison.rerank_input(features),
                     num_query,
                     self.k1,
                     self.k2,
@@ -166,11 +164,11 @@ class Evaluator:
                     memory_budget=int(self.rerank_memory_gb * 1024**3),
                 )
             else:
-                distance = method.distance(features[:num_query], features[num_query:])
-            if lift:
-                distance = self._lifted(
-                    distance, camids, timestamps, num_query, protocol.chunk_size, target
+                distance = comparison.distance(
+                    features.rows(slice(None, num_query)), features.rows(slice(num_query, None))
                 )
+            if lift:
+                distance = self._lifted(distance, target)
             metrics = protocol.evaluate(
                 distance, pids[:num_query], camids[:num_query], pids[num_query:], camids[num_query:]
             )
@@ -183,50 +181,39 @@ class Evaluator:
         return dict(vars(self))
 
     def _tlift_applies(
-        self,
-        protocol: QueryGalleryProtocol | PooledProtocol,
-        timestamps: Tensor | None,
-        num_total: int,
-        target: str,
+        self, protocol: QueryGalleryProtocol | PooledProtocol, target: EvalTarget
     ) -> bool:
         """Whether TLift can run on this target; logs why not when it cannot."""
-        if timestamps is not None and tuple(timestamps.shape) != (num_total,):
+        timestamps, num_total = target.timestamps, len(target)
+        if tuple(timestamps.shape) != (num_total,):
             raise ValueError(
-                f"timestamps of {target} have shape {tuple(timestamps.shape)}, "
+                f"timestamps of {target.name} have shape {tuple(timestamps.shape)}, "
                 f"expected ({num_total},)"
             )
         if protocol.pooled:
             reason = f"{protocol!r} draws its own queries, TLift needs a fixed query set"
-        elif timestamps is None:
+        elif bool(torch.isnan(timestamps).all()):
             reason = "its samples have no timestamps"
         elif bool(torch.isnan(timestamps).any()):
             reason = f"{int(torch.isnan(timestamps).sum())} of {num_total} samples lack a timestamp"
         else:
             return True
-        log.warning("eval.tlift: %s is evaluated without TLift: %s", target, reason)
+        log.warning("eval.tlift: %s is evaluated without TLift: %s", target.name, reason)
         return False
 
-    def _lifted(
-        self,
-        distance: DistanceFn,
-        camids: Tensor,
-        timestamps: Tensor,
-        num_query: int,
-        chunk_size: int,
-        target: str,
-    ) -> DistanceFn:
+    def _lifted(self, distance: DistanceFn, target: EvalTarget) -> DistanceFn:
         """The TLift-ed ``[Q, G]`` distance of ``distance``, as a chunk callable over a matrix."""
-        num_gallery = len(camids) - num_query
-        matrix = _materialise(distance, num_query, num_gallery, chunk_size)
+        num_query, camids, timestamps = target.num_query, target.camids, target.timestamps
+        matrix = _materialise(distance, num_query, target.num_gallery, target.protocol.chunk_size)
         if matrix.numel():
             low, high = torch.aminmax(matrix)
             if low < -_TLIFT_RANGE_SLACK or high > 1 + _TLIFT_RANGE_SLACK:
                 raise ValueError(
-                    f"eval.tlift needs distances in [0, 1], but the distance on {target} spans "
-                    f"[{float(low):.4g}, {float(high):.4g}] (a cosine distance lies in [0, 2]). "
-                    "Set eval.rerank=true (re-ranked distances lie in [0, 1]; the published "
-                    "+RR+TLift chain), or use a method whose distance is 1 - a similarity in "
-                    "[0, 1], such as QAConv's 1 - sigmoid(s / 10)"
+                    f"eval.tlift needs distances in [0, 1], but the distance on {target.name} "
+                    f"spans [{float(low):.4g}, {float(high):.4g}] (a cosine distance lies in "
+                    "[0, 2]). Set eval.rerank=true (re-ranked distances lie in [0, 1]; the "
+                    "published +RR+TLift chain), or use a method whose distance is "
+                    "1 - a similarity in [0, 1], such as QAConv's 1 - sigmoid(s / 10)"
                 )
         lifted = tlift_distance(
             matrix,

@@ -80,8 +80,7 @@ class QueryGalleryProtocol(_Protocol):
     ) -> dict[str, float]:
         """Metrics of a query-gallery distance (see the module docstring for ``distance``).
 
-        Returns:
-            ``rank{k}`` per k in ``ranks``, ``mAP`` and ``mINP`` in percent, and the counts
+        :returns: ``rank{k}`` per k in ``ranks``, ``mAP`` and ``mINP`` in percent, and the counts
             ``num_valid_queries`` and ``num_skipped_queries``.
         """
 
@@ -242,16 +241,14 @@ class CUHK03ClassicProtocol(QueryGalleryProtocol):
     ) -> Tensor:
         """The gallery that round ``repeat`` keeps for each of the given queries.
 
-        Args:
-            repeat: the round, ``0 <= repeat < repeats``.
-            query_index: ``[C]`` positions of the queries in the full query list (the draw
-                depends on the position, not on how the queries are chunked).
-            query_pids, query_camids: ``[C]`` ids of those queries.
-            gallery_pids, gallery_camids: ``[G]`` ids of the whole gallery.
+        :param repeat: the round, ``0 <= repeat < repeats``.
+        :param query_index: ``[C]`` positions of the queries in the full query list (the draw
+            depends on the position, not on how the queries are chunked).
+        :param query_pids, query_camids: ``[C]`` ids of those queries.
+        :param gallery_pids, gallery_camids: ``[G]`` ids of the whole gallery.
 
-        Returns:
-            ``Tensor[C, G]`` bool: one kept gallery item per (query, gallery identity that has a
-            kept item), False elsewhere.
+        :returns: ``Tensor[C, G]`` bool: one kept gallery item per (query, gallery identity that
+            has a kept item), False elsewhere.
         """
         q_pids, q_cams = _ids(query_pids), _ids(query_camids)
         g_pids, g_cams = _ids(gallery_pids), _ids(gallery_camids)
@@ -294,12 +291,11 @@ class VehicleIDProtocol(PooledProtocol):
     def splits(self, pids: IdArray) -> list[tuple[Tensor, Tensor]]:
         """The query and gallery positions of every round.
 
-        Args:
-            pids: ``[N]`` vehicle ids of the pool, in the order of the distance rows.
+        :param pids: ``[N]`` vehicle ids of the pool, in the order of the distance rows.
 
-        Returns:
-            ``repeats`` pairs ``(query_index, gallery_index)`` of sorted int64 positions into the
-            pool; the gallery holds exactly one position per distinct pid, the queries all others.
+        :returns: ``repeats`` pairs ``(query_index, gallery_index)`` of sorted int64 positions
+            into the pool; the gallery holds exactly one position per distinct pid, the queries
+            all others.
         """
         pids = _ids(pids)
         num = len(pids)
@@ -318,21 +314,19 @@ class VehicleIDProtocol(PooledProtocol):
     def evaluate_all(self, distance: Distance, pids: IdArray) -> dict[str, float]:
         """Metrics averaged over the rounds.
 
-        Args:
-            distance: the distance among all pool samples, ``Tensor[N, N]``, or a callable
-                ``(start, stop) -> Tensor[stop - start, N]`` of pool rows ``start:stop``. It is
-                asked for consecutive blocks of ``chunk_size`` rows, each block once: every
-                round takes its query rows and gallery columns from the same block, so the
-                distances are computed once, not once per round.
-            pids: ``[N]`` vehicle ids (any integers; they are only compared for equality).
+        :param distance: the distance among all pool samples, ``Tensor[N, N]``, or a callable
+            ``(start, stop) -> Tensor[stop - start, N]`` of pool rows ``start:stop``. It is
+            asked for consecutive blocks of ``chunk_size`` rows, each block once: every
+            round takes its query rows and gallery columns from the same block, so the
+            distances are computed once, not once per round.
+        :param pids: ``[N]`` vehicle ids (any integers; they are only compared for equality).
 
-        Returns:
-            ``rank{k}``, ``mAP``, ``mINP`` (percent, mean over rounds), ``num_valid_queries``
+        :returns: ``rank{k}``, ``mAP``, ``mINP`` (percent, mean over rounds), ``num_valid_queries``
             (queries per round), ``num_skipped_queries`` (always 0) and ``num_gallery``
             (vehicles).
 
-        Raises:
-            ValueError: if the shapes disagree, or every vehicle has a single image (no queries).
+        :raises ValueError: if the shapes disagree, or every vehicle has a single image (no
+            queries).
         """
         pids = _ids(pids)
         num = len(pids)
@@ -395,14 +389,12 @@ def sampling_keys(seed: int, repeat: int, rows: Tensor, num_columns: int) -> Ten
     nothing else (not on chunking, device or library version). Within a row the keys are distinct,
     because for a fixed row the hash is a bijection of the column over 32-bit integers.
 
-    Args:
-        seed: any integer (its low 32 bits are used).
-        repeat: the round (its low 32 bits are used).
-        rows: ``[R]`` int64 row numbers, e.g. query positions; their device is used.
-        num_columns: C, the number of columns (< 2**31).
+    :param seed: any integer (its low 32 bits are used).
+    :param repeat: the round (its low 32 bits are used).
+    :param rows: ``[R]`` int64 row numbers, e.g. query positions; their device is used.
+    :param num_columns: C, the number of columns (< 2**31).
 
-    Returns:
-        ``Tensor[R, C]`` int64 keys in ``[0, 2**32)``.
+    :returns: ``Tensor[R, C]`` int64 keys in ``[0, 2**32)``.
     """
     base = _mix32(torch.tensor(seed & _MASK32, dtype=torch.long, device=rows.device))
     base = _mix32(base ^ (repeat & _MASK32))

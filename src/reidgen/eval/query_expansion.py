@@ -47,21 +47,19 @@ def average_query_expansion(
 ) -> tuple[Tensor, Tensor]:
     """Expand query and gallery embeddings with their nearest neighbours.
 
-    Args:
-        query_features: ``[Q, D]`` embeddings (any scale; they are L2-normalised first).
-        gallery_features: ``[G, D]``.
-        top_k: how many embeddings are averaged, the item itself included (fast-reid ``QE_K``);
-            1 leaves the (normalised) embeddings unchanged.
-        alpha: neighbour weight exponent, weight = ``max(similarity, 0) ** alpha``; 0 gives a
-            plain mean.
-        neighbours: ``"all"`` searches neighbours among queries and gallery (fast-reid),
-            ``"gallery"`` among the gallery only.
-        iterations: rounds of expansion.
-        chunk_size: rows per similarity block; bounds memory to ``O(chunk_size * (Q + G))``.
+    :param query_features: ``[Q, D]`` embeddings (any scale; they are L2-normalised first).
+    :param gallery_features: ``[G, D]``.
+    :param top_k: how many embeddings are averaged, the item itself included (fast-reid ``QE_K``);
+        1 leaves the (normalised) embeddings unchanged.
+    :param alpha: neighbour weight exponent, weight = ``max(similarity, 0) ** alpha``; 0 gives a
+        plain mean.
+    :param neighbours: ``"all"`` searches neighbours among queries and gallery (fast-reid),
+        ``"gallery"`` among the gallery only.
+    :param iterations: rounds of expansion.
+    :param chunk_size: rows per similarity block; bounds memory to ``O(chunk_size * (Q + G))``.
 
-    Returns:
-        ``(expanded_query [Q, D], expanded_gallery [G, D])``, L2-normalised, on the input device
-        and in the input dtype.
+    :returns: ``(expanded_query [Q, D], expanded_gallery [G, D])``, L2-normalised, on the input
+        device and in the input dtype.
     """
     if top_k < 1:
         raise ValueError(f"top_k must be positive, got {top_k}")

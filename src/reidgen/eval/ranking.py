@@ -93,26 +93,23 @@ def evaluate_ranking(
 ) -> dict[str, float]:
     """Compute CMC, mAP and mINP of a query-gallery distance under the Market-1501 protocol.
 
-    Args:
-        distance: ``Tensor[Q, G]`` (smaller = more similar), or a callable ``(start, stop)``
-            returning the ``Tensor[stop - start, G]`` rows of queries ``start:stop``, for methods
-            whose distance is too expensive or too large to hold as a whole. All chunks must be
-            on one device.
-        query_pids, query_camids: ``[Q]`` integer ids of the queries.
-        gallery_pids, gallery_camids: ``[G]`` integer ids of the gallery (pid 0 = distractor,
-            pid -1 = junk).
-        chunk_size: queries per chunk (and per call of a callable ``distance``); memory is
-            ``O(chunk_size * G)``. ``None`` picks it so that a chunk's temporaries (a callable's
-            chunk included) stay within :data:`MEMORY_BUDGET`.
-        ranks: the k of the reported CMC rank-k values.
+    :param distance: ``Tensor[Q, G]`` (smaller = more similar), or a callable ``(start, stop)``
+        returning the ``Tensor[stop - start, G]`` rows of queries ``start:stop``, for methods
+        whose distance is too expensive or too large to hold as a whole. All chunks must be
+        on one device.
+    :param query_pids, query_camids: ``[Q]`` integer ids of the queries.
+    :param gallery_pids, gallery_camids: ``[G]`` integer ids of the gallery (pid 0 = distractor,
+        pid -1 = junk).
+    :param chunk_size: queries per chunk (and per call of a callable ``distance``); memory is
+        ``O(chunk_size * G)``. ``None`` picks it so that a chunk's temporaries (a callable's
+        chunk included) stay within :data:`MEMORY_BUDGET`.
+    :param ranks: the k of the reported CMC rank-k values.
 
-    Returns:
-        ``rank{k}`` for each k in ``ranks``, ``mAP`` and ``mINP`` in percent (0..100), and the
+    :returns: ``rank{k}`` for each k in ``ranks``, ``mAP`` and ``mINP`` in percent (0..100), and the
         counts ``num_valid_queries`` and ``num_skipped_queries``.
 
-    Raises:
-        ValueError: on inconsistent shapes, or when no query has a valid positive (every metric
-            would be undefined; this is a data or protocol error, not a score of 0).
+    :raises ValueError: on inconsistent shapes, or when no query has a valid positive (every metric
+        would be undefined; this is a data or protocol error, not a score of 0).
     """
     q_pids, q_cams = _ids(query_pids), _ids(query_camids)
     g_pids, g_cams = _ids(gallery_pids), _ids(gallery_camids)
@@ -280,12 +277,10 @@ class _Scan:
 def _scan(chunk: Tensor, start: int, matches: _Matches, buffer: Tensor) -> list[_Scan]:
     """Find a chunk's candidates, bin them, and collect what the exact comparison needs.
 
-    Args:
-        chunk: ``[C, G]`` distances of queries ``start:start + C``.
-        buffer: ``[C, G]`` bool scratch space.
+    :param chunk: ``[C, G]`` distances of queries ``start:start + C``.
+    :param buffer: ``[C, G]`` bool scratch space.
 
-    Returns:
-        One :class:`_Scan` per group of rows whose candidates fit the memory budget.
+    :returns: One :class:`_Scan` per group of rows whose candidates fit the memory budget.
     """
     num_c, num_g = chunk.shape
     stop = start + num_c
@@ -337,11 +332,10 @@ def _scan_rows(
 ) -> _Scan:
     """:func:`_scan` for ``R`` rows.
 
-    Args:
-        chunk, candidate: ``[R, G]`` distances and candidate mask (contiguous).
-        gallery_index, positive, values: ``[R, M]`` per same-pid slot.
-        shifted, scale: ``[R, 1]`` the bin map of each row (:func:`_bin_map`).
-        positive_flat: ``[P]`` positions ``r * G + g`` of the positives, in slot order.
+    :param chunk, candidate: ``[R, G]`` distances and candidate mask (contiguous).
+    :param gallery_index, positive, values: ``[R, M]`` per same-pid slot.
+    :param shifted, scale: ``[R, 1]`` the bin map of each row (:func:`_bin_map`).
+    :param positive_flat: ``[P]`` positions ``r * G + g`` of the positives, in slot order.
     """
     num_r, num_g = chunk.shape
     num_bins = _num_bins(num_g)
@@ -395,8 +389,7 @@ def _bin_map(
     """Per row, the map of :func:`_bin` that spreads the positives' distances, from ``first``
     to ``last`` (``[C, 1]``), over bins ``1..num_bins``.
 
-    Returns:
-        ``shifted [C, 1]`` and ``scale [C, 1]`` in ``dtype``.
+    :returns: ``shifted [C, 1]`` and ``scale [C, 1]`` in ``dtype``.
     """
     lo, hi = first.double(), last.double()
     # Without a finite range (no positive, or a NaN or infinite one) any map will do.
@@ -458,14 +451,12 @@ def _positive_ranks(
 ) -> Tensor:
     """1-based kept-list ranks of the positives of ``R`` queries.
 
-    Args:
-        values, bins, below: ``[R, M]`` as in :class:`_Scan`; gallery_index: ``[R, M]``.
-        item_row, item_col, item_value, item_bin: ``[N]`` as in :class:`_Scan`, rows from 0.
-        num_pos: ``[R]`` number of positives per query.
-        num_g: gallery size.
+    :param values, bins, below: ``[R, M]`` as in :class:`_Scan`; gallery_index: ``[R, M]``.
+    :param item_row, item_col, item_value, item_bin: ``[N]`` as in :class:`_Scan`, rows from 0.
+    :param num_pos: ``[R]`` number of positives per query.
+    :param num_g: gallery size.
 
-    Returns:
-        ``[R, M]`` int64: each row's positive ranks in ascending order, then ``G + 1`` (beyond
+    :returns: ``[R, M]`` int64: each row's positive ranks in ascending order, then ``G + 1`` (beyond
         any rank) in the remaining slots.
     """
     num_r, num_m = values.shape
@@ -503,13 +494,11 @@ def _items_before(
 ) -> Tensor:
     """For every positive slot, how many of the items in its bin precede it.
 
-    Args:
-        item_value, item_col: ``[N]`` distance and gallery index of each item.
-        first, stop: ``[N]`` the flat slots ``[first, stop)`` of the positives in the item's bin.
-        values, gallery_index: ``[S]`` flat slots in list order (a bin's slots are consecutive).
+    :param item_value, item_col: ``[N]`` distance and gallery index of each item.
+    :param first, stop: ``[N]`` the flat slots ``[first, stop)`` of the positives in the item's bin.
+    :param values, gallery_index: ``[S]`` flat slots in list order (a bin's slots are consecutive).
 
-    Returns:
-        ``[S]`` int64 counts.
+    :returns: ``[S]`` int64 counts.
     """
     # The positives of the bin that precede an item are the first n of its slots; the item
     # precedes the others, [first + n, stop). Mark +1 and -1 at the ends; a cumsum fills in.
@@ -537,12 +526,10 @@ def _precedes(value: Tensor, index: Tensor, other: Tensor, other_index: Tensor) 
 def _metrics(ranks: Tensor, num_pos: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """AP, INP and first-positive rank of each query from the ranks of its positives.
 
-    Args:
-        ranks: ``[C, M]`` 1-based ranks of the positives in ascending order, then ``> G``.
-        num_pos: ``[C]`` number of positives.
+    :param ranks: ``[C, M]`` 1-based ranks of the positives in ascending order, then ``> G``.
+    :param num_pos: ``[C]`` number of positives.
 
-    Returns:
-        ``ap [C]`` and ``inp [C]`` (float64, NaN for a query without positive) and
+    :returns: ``ap [C]`` and ``inp [C]`` (float64, NaN for a query without positive) and
         ``first_hit [C]`` (int64, 1-based rank of the first positive; ``> G`` without one).
     """
     hits = torch.arange(1, ranks.shape[1] + 1, device=ranks.device)  # [M]

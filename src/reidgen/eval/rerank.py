@@ -68,15 +68,13 @@ def k_reciprocal_rerank(
 ) -> Tensor:
     """Re-rank with the whole distance matrix in memory (the reference algorithm, vectorised).
 
-    Args:
-        original: ``[N, N]`` plain (not squared) distances among all samples, the ``num_query``
-            queries first, then the gallery; symmetric, non-negative (see the module docstring).
-        num_query: Q, the number of query rows.
-        k1, k2, lambda_value: the paper's parameters (defaults 20, 6, 0.3).
-        chunk_size: queries per Jaccard chunk; bounds the temporaries to ``O(chunk_size * N)``.
+    :param original: ``[N, N]`` plain (not squared) distances among all samples, the ``num_query``
+        queries first, then the gallery; symmetric, non-negative (see the module docstring).
+    :param num_query: Q, the number of query rows.
+    :param k1, k2, lambda_value: the paper's parameters (defaults 20, 6, 0.3).
+    :param chunk_size: queries per Jaccard chunk; bounds the temporaries to ``O(chunk_size * N)``.
 
-    Returns:
-        ``[Q, G]`` float32 re-ranked distances, G = N - Q.
+    :returns: ``[Q, G]`` float32 re-ranked distances, G = N - Q.
 
     Memory: ``original`` plus one normalised ``[N, N]`` float32 copy.
     """
@@ -119,17 +117,15 @@ def rerank_topk(
     list (neighbours of neighbours); their rows are fetched again, so the result stays exact.
     The query rows are fetched once more, a chunk at a time, for the ``lambda * Dn`` term.
 
-    Args:
-        distance_rows: ``rows(start, stop) -> Tensor[stop - start, N]`` plain (not squared)
-            distances among all samples, queries first (see the module docstring).
-        num_query: Q; num_total: N = Q + G.
-        k1, k2, lambda_value: the paper's parameters (defaults 20, 6, 0.3).
-        chunk_size: rows per call of ``distance_rows``; memory ``O(chunk_size * N)``.
-        candidates: neighbours kept per sample (default ``2 * (k1 + 1)``); more means fewer rows
-            fetched twice and more memory. At least ``max(k1 + 1, k2)`` are kept.
+    :param distance_rows: ``rows(start, stop) -> Tensor[stop - start, N]`` plain (not squared)
+        distances among all samples, queries first (see the module docstring).
+    :param num_query: Q; num_total: N = Q + G.
+    :param k1, k2, lambda_value: the paper's parameters (defaults 20, 6, 0.3).
+    :param chunk_size: rows per call of ``distance_rows``; memory ``O(chunk_size * N)``.
+    :param candidates: neighbours kept per sample (default ``2 * (k1 + 1)``); more means fewer rows
+        fetched twice and more memory. At least ``max(k1 + 1, k2)`` are kept.
 
-    Returns:
-        ``distance(start, stop) -> Tensor[stop - start, G]``: re-ranked distances of queries
+    :returns: ``distance(start, stop) -> Tensor[stop - start, G]``: re-ranked distances of queries
         ``start:stop`` (float32), for :func:`~reidgen.eval.evaluate_ranking`.
     """
     _check_parameters(num_query, num_total, k1, k2, lambda_value, chunk_size)
@@ -178,18 +174,16 @@ def rerank(
     float32 matrices (the input and its normalised copy), which is what is compared with the
     budget, and is faster for small N; the top-k one needs ``O(N * k + chunk_size * N)``.
 
-    Args:
-        distance: ``[N, N]`` plain distances among all samples (queries first), or a
-            ``rows(start, stop)`` callable (then ``num_total`` is required); see the module
-            docstring for the contract.
-        num_query: Q.
-        k1, k2, lambda_value: the paper's parameters.
-        num_total: N, needed only with a callable.
-        chunk_size: rows per chunk in either path.
-        memory_budget: bytes the exact path may use.
+    :param distance: ``[N, N]`` plain distances among all samples (queries first), or a
+        ``rows(start, stop)`` callable (then ``num_total`` is required); see the module
+        docstring for the contract.
+    :param num_query: Q.
+    :param k1, k2, lambda_value: the paper's parameters.
+    :param num_total: N, needed only with a callable.
+    :param chunk_size: rows per chunk in either path.
+    :param memory_budget: bytes the exact path may use.
 
-    Returns:
-        ``distance(start, stop) -> Tensor[stop - start, G]`` for
+    :returns: ``distance(start, stop) -> Tensor[stop - start, G]`` for
         :func:`~reidgen.eval.evaluate_ranking`.
     """
     if isinstance(distance, Tensor):
@@ -223,15 +217,13 @@ def rerank_features(
 ) -> DistanceFn:
     """Re-rank embeddings, computing the distance rows chunk-wise from the features.
 
-    Args:
-        query_features: ``[Q, D]``; gallery_features: ``[G, D]``.
-        metric: ``"euclidean"``: plain Euclidean distance (the reference's intended input);
-            ``"cosine"``: Euclidean distance of L2-normalised features, ``sqrt(2 - 2 cos)``, so
-            the squaring inside the algorithm yields ``2 - 2 cos`` (it ranks like cosine).
-        k1, k2, lambda_value, chunk_size, memory_budget: as in :func:`rerank`.
+    :param query_features: ``[Q, D]``; gallery_features: ``[G, D]``.
+    :param metric: ``"euclidean"``: plain Euclidean distance (the reference's intended input);
+        ``"cosine"``: Euclidean distance of L2-normalised features, ``sqrt(2 - 2 cos)``, so
+        the squaring inside the algorithm yields ``2 - 2 cos`` (it ranks like cosine).
+    :param k1, k2, lambda_value, chunk_size, memory_budget: as in :func:`rerank`.
 
-    Returns:
-        ``distance(start, stop) -> Tensor[stop - start, G]`` for
+    :returns: ``distance(start, stop) -> Tensor[stop - start, G]`` for
         :func:`~reidgen.eval.evaluate_ranking`.
     """
     if metric not in ("euclidean", "cosine"):
@@ -263,11 +255,11 @@ def exact_memory_bytes(num_total: int) -> int:
 class _JaccardGraph:
     """The query-expanded encodings V of all samples, kept sparse, and their Jaccard distances.
 
-    Args:
-        ranks: ``[N, K]`` nearest neighbours of every sample, nearest first,
-            ``K = min(N, max(k1 + 1, k2))``.
-        values: ``Dn`` at (row, column) pairs, NaN where unknown (:data:`PairValues`).
-        missing: ``(rows [M], cols [M]) -> Dn [M]`` for the unknown pairs; None if there are none.
+    :param ranks: ``[N, K]`` nearest neighbours of every sample, nearest first,
+        ``K = min(N, max(k1 + 1, k2))``.
+    :param values: ``Dn`` at (row, column) pairs, NaN where unknown (:data:`PairValues`).
+    :param missing: ``(rows [M], cols [M]) -> Dn [M]`` for the unknown pairs; None if there are
+        none.
     """
 
     def __init__(
@@ -314,8 +306,7 @@ def _encode(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Sparse V: Gaussian weights on the expanded k-reciprocal sets, rows summing to 1.
 
-    Returns:
-        CSR ``row_ptr [N + 1]``, ``cols [nnz]`` (sorted within rows), ``vals [nnz]`` float32.
+    :returns: CSR ``row_ptr [N + 1]``, ``cols [nnz]`` (sorted within rows), ``vals [nnz]`` float32.
     """
     num_total = ranks.shape[0]
     near = ranks[:, : min(k1 + 1, num_total)]
@@ -347,12 +338,10 @@ def _expanded_sets(
 ) -> tuple[Tensor, Tensor]:
     """Expanded k-reciprocal sets of samples ``start:stop``, as padded sorted rows of ids.
 
-    Args:
-        near, near_recip: ``[N, k1 + 1]`` neighbours and whether each is k1-reciprocal;
-        half, half_recip: the same for ``round(k1 / 2) + 1`` neighbours.
+    :param near, near_recip: ``[N, k1 + 1]`` neighbours and whether each is k1-reciprocal;
+    :param half, half_recip: the same for ``round(k1 / 2) + 1`` neighbours.
 
-    Returns:
-        ``ids [C, L]`` sorted per row (padding = N) and ``keep [C, L]``, true once per member.
+    :returns: ``ids [C, L]`` sorted per row (padding = N) and ``keep [C, L]``, true once per member.
     """
     num_total = near.shape[0]
     members, member_ok = near[start:stop], near_recip[start:stop]  # R(i, k1), [C, n1]
@@ -415,8 +404,7 @@ def _gallery_columns(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The inverted index of V restricted to gallery rows (CSC): which gallery rows use column k.
 
-    Returns:
-        ``col_ptr [N + 1]``, ``rows [nnz_g]`` (gallery-local, 0..G-1), ``vals [nnz_g]``.
+    :returns: ``col_ptr [N + 1]``, ``rows [nnz_g]`` (gallery-local, 0..G-1), ``vals [nnz_g]``.
     """
     start = int(row_ptr[num_query])
     rows = _owners(row_ptr[num_query:].diff())  # gallery-local row of each entry
@@ -430,8 +418,7 @@ def _scan(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One pass over all rows: nearest ``kept`` neighbours, their ``Dn`` and each row's max.
 
-    Returns:
-        ``ranks [N, kept]`` (int64, nearest first), ``dn [N, kept]`` float32, ``row_max [N]``
+    :returns: ``ranks [N, kept]`` (int64, nearest first), ``dn [N, kept]`` float32, ``row_max [N]``
         (of the squared distances, the normaliser of ``Dn``).
     """
     ranks, dn_near, row_max = [], [], []
@@ -451,8 +438,7 @@ def _fetch_pairs(
 ) -> Tensor:
     """``Dn`` at given pairs by fetching the rows again, at most ``chunk_size`` rows per call.
 
-    Args:
-        row_ids: ``[M]`` sorted ascending; col_ids: ``[M]``.
+    :param row_ids: ``[M]`` sorted ascending; col_ids: ``[M]``.
     """
     out = torch.empty(len(row_ids), device=row_max.device)
     needed = torch.unique(row_ids).tolist()
@@ -475,8 +461,7 @@ def _fetch_pairs(
 def _nearest(dn: Tensor, count: int) -> tuple[Tensor, Tensor]:
     """The ``count`` smallest entries of each row, ordered by value, then by column on ties.
 
-    Returns:
-        ``ranks [R, count]`` int64 and their values ``[R, count]``.
+    :returns: ``ranks [R, count]`` int64 and their values ``[R, count]``.
     """
     values, ranks = torch.topk(dn, count, dim=1, largest=False, sorted=True)
     # topk orders ties arbitrarily; sorting by column, then stably by value, makes it deterministic.
@@ -498,8 +483,7 @@ def _combine(jaccard: Tensor, dn: Tensor, lambda_value: float) -> Tensor:
 def _segments(starts: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
     """Positions ``starts[s] .. starts[s] + lengths[s] - 1`` of all segments s, concatenated.
 
-    Returns:
-        ``owner [T]`` (the segment of each position) and ``pos [T]``, T = ``lengths.sum()``.
+    :returns: ``owner [T]`` (the segment of each position) and ``pos [T]``, T = ``lengths.sum()``.
     """
     owner = _owners(lengths)
     offsets = torch.arange(len(owner), device=lengths.device) - (lengths.cumsum(0) - lengths)[owner]

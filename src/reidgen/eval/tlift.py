@@ -94,24 +94,21 @@ def tlift(
 ) -> Tensor:
     """Lift ``[Q, G]`` similarity scores by temporal co-occurrence (see the module docstring).
 
-    Args:
-        scores: ``[Q, G]`` finite, non-negative similarities (larger = more similar), e.g.
-            ``1 - d_rr`` of re-ranked ``1 - sigmoid(s / 10)`` distances.
-        query_cams, gallery_cams: ``[Q]`` / ``[G]`` integer camera ids.
-        query_times, gallery_times: ``[Q]`` / ``[G]`` times in seconds (``Sample.timestamp``).
-        tau: co-occurrence window in seconds (``|dt| < tau``).
-        sigma: Gaussian kernel width in seconds (``exp(-dt**2 / sigma**2)``).
-        K: rank of the threshold in each co-occurrence block (the pivot count).
-        alpha: fusion regulariser, ``out = (w + alpha) * scores``.
-        chunk_size: queries per chunk; ``None`` picks it from :data:`MEMORY_BUDGET`. The result
-            does not depend on it (up to float rounding of the kernel sums).
+    :param scores: ``[Q, G]`` finite, non-negative similarities (larger = more similar), e.g.
+        ``1 - d_rr`` of re-ranked ``1 - sigmoid(s / 10)`` distances.
+    :param query_cams, gallery_cams: ``[Q]`` / ``[G]`` integer camera ids.
+    :param query_times, gallery_times: ``[Q]`` / ``[G]`` times in seconds (``Sample.timestamp``).
+    :param tau: co-occurrence window in seconds (``|dt| < tau``).
+    :param sigma: Gaussian kernel width in seconds (``exp(-dt**2 / sigma**2)``).
+    :param K: rank of the threshold in each co-occurrence block (the pivot count).
+    :param alpha: fusion regulariser, ``out = (w + alpha) * scores``.
+    :param chunk_size: queries per chunk; ``None`` picks it from :data:`MEMORY_BUDGET`. The result
+        does not depend on it (up to float rounding of the kernel sums).
 
-    Returns:
-        ``[Q, G]`` lifted scores, same dtype and device as ``scores``.
+    :returns: ``[Q, G]`` lifted scores, same dtype and device as ``scores``.
 
-    Raises:
-        ValueError: on wrong shapes, non-finite or negative scores, missing (``None``/NaN) or
-            infinite times, or invalid parameters.
+    :raises ValueError: on wrong shapes, non-finite or negative scores, missing (``None``/NaN) or
+        infinite times, or invalid parameters.
     """
     if scores.ndim != 2 or not scores.is_floating_point():
         raise ValueError(f"scores must be a 2-D floating tensor, got {scores.dtype} {scores.shape}")
@@ -165,7 +162,8 @@ def tlift_distance(
 ) -> Tensor:
     """TLift on a distance in ``[0, 1]``: ``1 - tlift(1 - distance)``.
 
-    This is the official evaluation chain (§7.3): ``distance`` is the k-reciprocal re-ranked
+    This is the official evaluation chain (docs/methods/qaconv.md §7.3): ``distance`` is the
+    k-reciprocal re-ranked
     distance of ``1 - sigmoid(s / 10)`` QAConv distances (or ``1 - sigmoid(s / 10)`` itself), the
     score is ``1 - distance``, and the lifted score is turned back into a distance, so a smaller
     result still means more similar and rankings follow the lifted scores exactly. Values of

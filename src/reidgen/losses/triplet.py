@@ -31,12 +31,10 @@ def pairwise_euclidean(x: Tensor, y: Tensor) -> Tensor:
 def hard_example_mining(distance: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """For every anchor, the farthest positive and the closest negative in the batch.
 
-    Args:
-        distance: ``[B, B]`` distances between the batch's samples (anchor rows).
-        labels: ``[B]`` identity labels.
+    :param distance: ``[B, B]`` distances between the batch's samples (anchor rows).
+    :param labels: ``[B]`` identity labels.
 
-    Returns:
-        ``(dist_ap [B], dist_an [B], pos_index [B], neg_index [B])``. Positives are the other
+    :returns: ``(dist_ap [B], dist_an [B], pos_index [B], neg_index [B])``. Positives are the other
         samples with the anchor's label (the anchor itself is not its own positive); ties go to
         the lowest index. An anchor with no positive gets ``dist_ap = -inf`` (max over nothing)
         and one with no negative ``dist_an = +inf``; their index is the anchor itself, so the
@@ -83,9 +81,8 @@ class BatchHardTripletLoss(nn.Module):
     lacking either are excluded from the mean (:func:`triplet_ranking_loss`). Batches should come
     from an identity (P x K) sampler so that every anchor has positives.
 
-    Args:
-        margin: hinge margin, or ``None`` for the soft-margin (softplus) variant.
-        normalize: L2-normalise the features first (distances then lie in [0, 2]).
+    :param margin: hinge margin, or ``None`` for the soft-margin (softplus) variant.
+    :param normalize: L2-normalise the features first (distances then lie in [0, 2]).
     """
 
     def __init__(self, margin: float | None = 0.3, normalize: bool = False) -> None:

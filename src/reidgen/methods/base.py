@@ -1,72 +1,140 @@
 """ReIDMethod: the LightningModule every method extends; it owns validation and test.
 
-A method implements ``training_step`` and ``extract(images) -> features``; it may override
-``distance`` (e.g. QAConv's matcher) and ``rerank_rows``. Evaluation is the same for all methods:
-features of every target's query and gallery are extracted per shard, gathered across processes by
-sample index, scored by the :class:`~reidgen.eval.evaluator.Evaluator` (flip, query expansion,
-re-ranking, TLift) under the target's protocol, and logged as ``<stage>/<target>/<metric>`` plus
-the mean over targets ``<stage>/mean/<metric>``.
+A method implements ``training_step`` and ``extract(images) -> Features`` and may implement the
+hooks declared below (every hook a method can have is declared here, with its default). Evaluation
+is the same for all methods: each process extracts the features of its shard of every target, a
+:class:`~reidgen.eval.metric.RetrievalEvaluation` per target (a torchmetrics ``Metric``) syncs them
+across processes and scores them with the target's own identities, cameras and protocol from the
+data module, and the results are logged as ``<stage>/<target>/<metric>`` plus the mean over targets
+``<stage>/mean/<metric>``.
+
+A method is built once, with everything it needs (``reidgen.run_support.build_method``): its own
+parameters, ``num_classes``, the test-time options (``evaluation``), the test transform it was
+trained with and its own config. The last three are stored as hyper-parameters in every
+checkpoint, so a checkpoint alone rebuilds the method (``reidgen.run_support.load_method``).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytorch_lightning as pl
 import torch
-from hydra.utils import instantiate
 from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
+from torch.utils.data import Sampler
 
-from reidgen.data.sample import Sample
 from reidgen.eval import DistanceFn, chunked_distance
-from reidgen.eval.evaluator import Evaluator
-from reidgen.eval.gather import gather_by_index
+from reidgen.eval.evaluator import Comparison, Evaluator
+from reidgen.eval.features import Features
+from reidgen.eval.metric import RetrievalEvaluation
 from reidgen.eval.rerank import RowsFn
 
+if TYPE_CHECKING:
+    from reidgen.data.datamodule import ReIDDataModule
+    from reidgen.data.training_set import TrainingSet
+
 METRIC_KEYS = ("mAP", "rank1", "rank5", "rank10", "mINP")
-CHECKPOINT_KEY = "reidgen"
 
 
 class ReIDMethod(pl.LightningModule):
-    """Base class: shared evaluation, checkpoint metadata.
+    """Base class of every method: declared hooks, shared evaluation, checkpoint metadata.
 
-    :param num_classes: training identities (saved in checkpoints, so loading needs no data).
+    Subclasses take their own parameters plus ``num_classes`` and pass ``**settings`` on to
+    this constructor.
+
+    :param num_classes: training identities of the labelled sources.
+    :param evaluation: the test-time options: the keyword arguments of
+        :class:`~reidgen.eval.evaluator.Evaluator` (the ``eval`` config group, whose
+        ``_target_`` is ignored); None = defaults.
+    :param test_transform: the config of the test transform the method is trained with, so that
+        evaluating a checkpoint prepares images the same way (size, normalisation).
+    :param config: the method's own config (with ``_target_``), to rebuild it from a checkpoint.
     """
 
-    def __init__(self, num_classes: int) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        evaluation: Mapping[str, Any] | None = None,
+        test_transform: Mapping[str, Any] | None = None,
+        config: Mapping[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         self.num_classes = num_classes
-        # Set by the entry points: the method's config (stored in checkpoints to rebuild it) and
-        # the test-time options.
-        self.method_config: dict[str, Any] | None = None
-        # The test transform the method was trained with (its config), so that evaluating a
-        # checkpoint feeds it images prepared the same way (size, normalisation).
-        self.test_transform_config: dict[str, Any] | None = None
-        self.evaluator = Evaluator()
+        self.save_hyperparameters(
+            {
+                "num_classes": num_classes,
+                "evaluation": dict(evaluation) if evaluation is not None else None,
+                "test_transform": dict(test_transform) if test_transform is not None else None,
+                "config": dict(config) if config is not None else None,
+            }
+        )
+        # The eval config mirrors Evaluator's signature; its _target_ names that class.
+        options = {k: v for k, v in (evaluation or {}).items() if k != "_target_"}
+        self.evaluator = Evaluator(**options)
         self.eval_results: dict[str, dict[str, dict[str, float]]] = {}
-        self._eval_outputs: dict[int, list[dict[str, Tensor]]] = {}
+        # Not registered as submodules: built per evaluation, and never part of a checkpoint.
+        self._eval_metrics: dict[str, RetrievalEvaluation] = {}
 
-    def extract(self, images: Tensor) -> Tensor:
-        """Retrieval features of ``images`` [B, 3, H, W]: [B, D] (or [B, ...] with ``distance``)."""
-        raise NotImplementedError
+    # ------------------------------------------------------------------- declared hooks
+    def extract(self, images: Tensor) -> Features:
+        """What the method says about ``images`` ``[B, 3, H, W]``: named parts, ``[B, ...]``
+        each (see :mod:`reidgen.eval.features`). Every subclass implements it."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement extract()")
 
-    def distance(self, query_features: Tensor, gallery_features: Tensor) -> DistanceFn:
-        """Query-gallery distances, computed a chunk of queries at a time (default: cosine)."""
-        return chunked_distance(query_features, gallery_features, "cosine")
+    def distance(self, query_features: Features, gallery_features: Features) -> DistanceFn:
+        """The test distance of ``Q`` query and ``G`` gallery records, a chunk of queries at a
+        time: ``distance(start, stop) -> Tensor[stop - start, G]``, smaller = more similar.
+        Default: the cosine distance of the plain embeddings."""
+        return chunked_distance(
+            query_features.require_embedding("the default cosine distance"),
+            gallery_features.require_embedding("the default cosine distance"),
+            "cosine",
+        )
 
-    def rerank_rows(self, features: Tensor) -> RowsFn:
-        """Distances among all N samples as re-ranking expects them (plain, not squared):
-        ``rows(start, stop) -> Tensor[stop - start, N]``. Default: the Euclidean distance of
-        L2-normalised features, ``sqrt(2 * cosine distance)``, which ranks like :meth:`distance`.
-        """
+    def rerank_rows(self, features: Features) -> RowsFn:
+        """The re-ranking input: distances among all ``N`` records as k-reciprocal re-ranking
+        expects them (plain, not squared), ``rows(start, stop) -> Tensor[stop - start, N]``.
+        Default: the Euclidean distance of the L2-normalised embeddings,
+        ``sqrt(2 * cosine distance)``, which ranks like :meth:`distance`."""
         cosine = self.distance(features, features)
         return lambda start, stop: cosine(start, stop).mul(2).clamp_min(0).sqrt()
 
+    def merge_flipped(self, features: Features, flipped_features: Features) -> Features:
+        """Flip test (``eval.flip``): combines the records of images and of their mirror images.
+        Default: the average of every part, right for embeddings and for row-wise parts (a
+        mirror image has the same rows); a method whose parts are spatial overrides it."""
+        return Features(
+            {name: (features[name] + flipped_features[name]) / 2 for name in features.names}
+        )
+
+    def configure_train_sampler(self, sampler: Sampler, datamodule: ReIDDataModule) -> None:
+        """Called by the data module with every epoch's training sampler, before it is iterated;
+        e.g. QAConv-GS gives its graph sampler a way to build the class graph. Default: nothing.
+        ``datamodule.train_images(indices)`` loads training images with the test transform."""
+
+    def assign_training_labels(
+        self, epoch: int, training_set: TrainingSet
+    ) -> Mapping[str, Sequence[int]] | None:
+        """The per-epoch training-set hook, called by the data module before every epoch.
+
+        A method that learns from pseudo labels (clustering) extracts features of any training
+        source through ``training_set`` and returns new labels for the sources it relabels:
+        ``{source name: one label per image of that source}``, ``-1`` = not used this epoch. The
+        data module then builds the epoch's training set, sampler and batches from them, the
+        same on every process (rank 0's labels are broadcast), and keeps them in checkpoints so
+        that a resumed epoch uses the same labels. Sources not in the mapping keep their own
+        labels (labelled sources) or stay unused (``data.unlabelled`` sources).
+
+        Default: None, the datasets' own labels every epoch. See
+        :class:`~reidgen.data.training_set.TrainingSet` for how the returned labels become batch
+        labels.
+        """
+        return None
+
+    # ------------------------------------------------------------------- helpers
     @staticmethod
     def with_epoch_scheduler(
         optimizer: Optimizer, scheduler: Callable[[Optimizer], LRScheduler] | None
@@ -80,72 +148,62 @@ class ReIDMethod(pl.LightningModule):
             "lr_scheduler": {"scheduler": scheduler(optimizer), "interval": "epoch"},
         }
 
-    # ----------------------------------------------------------------------- evaluation
-    def merge_flipped(self, features: Tensor, flipped_features: Tensor) -> Tensor:
-        """Flip test: combines the features of images and of their mirror images (average)."""
-        return (features + flipped_features) / 2
+    def comparison(self) -> Comparison:
+        """This method's distance and re-ranking input, for the evaluator."""
+        return Comparison(distance=self.distance, rerank_input=self.rerank_rows)
 
-    def _extract_for_eval(self, images: Tensor) -> Tensor:
+    # ------------------------------------------------------------------- evaluation
+    def extract_for_eval(self, images: Tensor) -> Features:
+        """:meth:`extract`, merged with the mirror images' records when ``eval.flip`` is set."""
         features = self.extract(images)
         if self.evaluator.flip:
             features = self.merge_flipped(features, self.extract(torch.flip(images, dims=[3])))
         return features
 
-    def _eval_step(self, batch: dict[str, Tensor], dataloader_idx: int) -> None:
-        self._eval_outputs.setdefault(dataloader_idx, []).append(
-            {
-                "features": self._extract_for_eval(batch["image"]),
-                "pid": batch["pid"],
-                "camid": batch["camid"],
-                "index": batch["index"],
-            }
-        )
+    def _eval_step(self, batch: dict[str, Any]) -> None:
+        names = set(batch["target"])
+        if len(names) != 1:
+            raise RuntimeError(f"an evaluation batch mixes targets {sorted(names)}")
+        name = names.pop()
+        features = self.extract_for_eval(batch["image"])
+        metric = self._eval_metrics.get(name)
+        if metric is None:
+            target = self.trainer.datamodule.eval_targets[name]
+            metric = RetrievalEvaluation(target, features.names, self.evaluator, self.comparison())
+            self._eval_metrics[name] = metric.to(self.device)
+        metric.update(features, batch["index"])
 
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0):
-        self._eval_step(batch, dataloader_idx)
+    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0):
+        self._eval_step(batch)
 
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0):
-        self._eval_step(batch, dataloader_idx)
+    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0):
+        self._eval_step(batch)
 
     def on_validation_epoch_start(self) -> None:
-        self._eval_outputs = {}
+        self._eval_metrics = {}
 
     def on_test_epoch_start(self) -> None:
-        self._eval_outputs = {}
+        self._eval_metrics = {}
 
     def on_validation_epoch_end(self) -> None:
         if not self.trainer.sanity_checking:
             self._finish_eval("val")
+        self._eval_metrics = {}
 
     def on_test_epoch_end(self) -> None:
         self._finish_eval("test")
+        self._eval_metrics = {}
 
     def _finish_eval(self, stage: str) -> None:
-        datamodule = self.trainer.datamodule
         results: dict[str, dict[str, float]] = {}
-        for position, (name, dataset) in enumerate(datamodule.eval_sets.items()):
-            outputs = self._eval_outputs.get(position, [])
-            total = len(dataset)
-            gathered = {
-                key: gather_by_index(
-                    torch.cat([o[key] for o in outputs]) if outputs else self._empty(key),
-                    torch.cat([o["index"] for o in outputs]) if outputs else self._empty("index"),
-                    total,
+        # The data module's order, the same on every process: computing syncs across them.
+        for name in self.trainer.datamodule.eval_targets:
+            metric = self._eval_metrics.get(name)
+            if metric is None:
+                raise RuntimeError(
+                    f"this process got no evaluation samples of {name}; use fewer processes"
                 )
-                for key in ("features", "pid", "camid")
-            }
-            split = dataset.num_query
-            metrics = self.evaluator.evaluate(
-                self,
-                gathered["features"],
-                gathered["pid"],
-                gathered["camid"],
-                split,
-                dataset.protocol,
-                timestamps=_timestamps(dataset.samples),
-                target=name,
-            )
-            results[name] = {**metrics, "num_query": split, "num_gallery": total - split}
+            results[name] = metric.compute()
         results["mean"] = {
             key: sum(r[key] for r in results.values()) / len(results) for key in METRIC_KEYS
         }
@@ -153,61 +211,3 @@ class ReIDMethod(pl.LightningModule):
             for key in METRIC_KEYS:
                 self.log(f"{stage}/{target}/{key}", metrics[key], add_dataloader_idx=False)
         self.eval_results[stage] = results
-        self._eval_outputs = {}
-
-    def _empty(self, key: str) -> Tensor:
-        # A rank whose shard of a tiny target is empty still joins the gather.
-        if key == "features":
-            raise RuntimeError("a process got no evaluation samples; use fewer processes")
-        return torch.zeros(0, dtype=torch.long, device=self.device)
-
-    # ----------------------------------------------------------------------- checkpoints
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[CHECKPOINT_KEY] = {
-            "method_config": self.method_config,
-            "num_classes": self.num_classes,
-            "test_transform": self.test_transform_config,
-        }
-
-
-def _timestamps(samples: Sequence[Sample]) -> Tensor:
-    """``[N]`` float64 seconds of ``samples``, NaN where unknown.
-
-    An :class:`~reidgen.data.dataset.EvalDataset` lists queries then gallery, and ``index`` is the
-    position in that list, so this is the order of the gathered features.
-    """
-    times = [math.nan if s.timestamp is None else s.timestamp for s in samples]
-    return torch.tensor(times, dtype=torch.float64)
-
-
-def load_method(
-    path: str | Path,
-    map_location: str | torch.device = "cpu",
-    overrides: Mapping[str, Any] | None = None,
-) -> ReIDMethod:
-    """Rebuilds a method from a reidgen checkpoint alone: its config and weights, no data.
-
-    :param overrides: test-time changes to the stored method config, e.g.
-        ``{"test_distance": "global_local"}``; only keys the config already has (typos fail).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    checkpoint = torch.load(path, map_location=map_location, weights_only=False)
-    meta = checkpoint.get(CHECKPOINT_KEY)
-    if not meta or meta.get("method_config") is None:
-        raise ValueError(f"{path} is not a reidgen checkpoint (no '{CHECKPOINT_KEY}' entry)")
-    config = meta["method_config"]
-    if overrides:
-        unknown = sorted(set(overrides) - set(config))
-        if unknown:
-            raise KeyError(
-                f"method override(s) {unknown} are not keys of the checkpoint's method config; "
-                f"it has: {', '.join(sorted(k for k in config if not k.startswith('_')))}"
-            )
-        config = {**config, **overrides}
-    method = instantiate(config, num_classes=meta["num_classes"])
-    method.load_state_dict(checkpoint["state_dict"])
-    method.method_config = config
-    method.test_transform_config = meta.get("test_transform")
-    return method

@@ -13,7 +13,9 @@ from typing import Any
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
+from torchmetrics.classification import MulticlassAccuracy
 
+from reidgen.eval.features import Features
 from reidgen.losses import BatchHardTripletLoss, CrossEntropyLabelSmooth
 from reidgen.methods.base import ReIDMethod
 from reidgen.models import BNNeckHead
@@ -28,6 +30,7 @@ class Baseline(ReIDMethod):
     :param optimizer: ``params -> Optimizer`` (a Hydra ``_partial_``).
     :param scheduler: ``optimizer -> LRScheduler`` stepped per epoch, or None.
     :param neck_feat: retrieval feature: ``"after"`` the BNNeck (BoT) or ``"before"``.
+    :param settings: passed to :class:`~reidgen.methods.base.ReIDMethod`.
     """
 
     def __init__(
@@ -42,8 +45,9 @@ class Baseline(ReIDMethod):
         id_weight: float = 1.0,
         triplet_weight: float = 1.0,
         neck_feat: str = "after",
+        **settings: Any,
     ) -> None:
-        super().__init__(num_classes)
+        super().__init__(num_classes, **settings)
         if neck_feat not in ("after", "before"):
             raise ValueError(f"neck_feat must be 'after' or 'before', got {neck_feat!r}")
         self.backbone = backbone
@@ -56,6 +60,7 @@ class Baseline(ReIDMethod):
         self.neck_feat = neck_feat
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
+        self.train_accuracy = MulticlassAccuracy(num_classes, average="micro")
 
     def forward(self, images: Tensor) -> HeadOutput:
         """[B, 3, H, W] -> features, BN features [B, C] and logits [B, num_classes]."""
@@ -66,13 +71,13 @@ class Baseline(ReIDMethod):
         id_loss = self.id_loss(output.logits, batch["pid"])
         triplet_loss = self.triplet_loss(output.features, batch["pid"])
         loss = self.id_weight * id_loss + self.triplet_weight * triplet_loss
-        accuracy = (output.logits.argmax(dim=1) == batch["pid"]).float().mean()
+        self.train_accuracy(output.logits.detach(), batch["pid"])
         self.log_dict(
             {
                 "train/loss": loss,
                 "train/id_loss": id_loss,
                 "train/triplet_loss": triplet_loss,
-                "train/accuracy": accuracy,
+                "train/accuracy": self.train_accuracy,
             },
             on_step=True,
             on_epoch=True,
@@ -80,9 +85,12 @@ class Baseline(ReIDMethod):
         )
         return loss
 
-    def extract(self, images: Tensor) -> Tensor:
+    def extract(self, images: Tensor) -> Features:
+        """The embedding ``[B, C]`` after (or before) the BNNeck."""
         output = self(images)
-        return output.bn_features if self.neck_feat == "after" else output.features
+        return Features.embedding(
+            output.bn_features if self.neck_feat == "after" else output.features
+        )
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.parameters())

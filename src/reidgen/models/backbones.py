@@ -160,13 +160,12 @@ class ResNetBackbone(nn.Module):
     for earlier taps. Stages after ``out_stage`` are not built at all, so they hold no parameters
     (no unused parameters under DDP). ``last_stride`` only matters when ``out_stage == 4``.
 
-    Args:
-        depth: 18, 34 or 50.
-        last_stride: stride of layer4 (BoT and most re-id methods use 1).
-        ibn: ``"a"`` or ``"b"`` for IBN-Net variants (ResNet-50 only), or ``None``.
-        pretrained: ``None`` (random init), a path to a ``.pth`` state dict, or ``"imagenet"``
-            for the standard ImageNet weights found in torch's hub cache (never downloaded).
-        out_stage: 1..4, the stage (layer1..layer4) whose output is returned.
+    :param depth: 18, 34 or 50.
+    :param last_stride: stride of layer4 (BoT and most re-id methods use 1).
+    :param ibn: ``"a"`` or ``"b"`` for IBN-Net variants (ResNet-50 only), or ``None``.
+    :param pretrained: ``None`` (random init), a path to a ``.pth`` state dict, or ``"imagenet"``
+        for the standard ImageNet weights found in torch's hub cache (never downloaded).
+    :param out_stage: 1..4, the stage (layer1..layer4) whose output is returned.
     """
 
     def __init__(

@@ -31,10 +31,10 @@ class BNNeckHead(nn.Module):
     decision boundaries pass. BN starts at weight 1 / bias 0 and the classifier at
     N(0, 0.001^2), as BoT does.
 
-    Args:
-        in_channels: ``C``, the pooled feature size.
-        num_classes: number of training identities.
-        bias_free_classifier: the classifier has no bias (BoT); ``False`` adds one, initialised 0.
+    :param in_channels: ``C``, the pooled feature size.
+    :param num_classes: number of training identities.
+    :param bias_free_classifier: the classifier has no bias (BoT); ``False`` adds one, initialised
+        0.
     """
 
     def __init__(

@@ -21,10 +21,9 @@ class GeMPool(nn.Module):
     non-negative (post-ReLU feature maps) and are clamped to ``eps`` so that fractional powers
     and their gradients stay finite.
 
-    Args:
-        p: initial exponent.
-        trainable: learn ``p`` (a parameter) or keep it fixed (a buffer, still saved).
-        eps: lower clamp of the input.
+    :param p: initial exponent.
+    :param trainable: learn ``p`` (a parameter) or keep it fixed (a buffer, still saved).
+    :param eps: lower clamp of the input.
     """
 
     def __init__(self, p: float = 3.0, trainable: bool = True, eps: float = 1e-6) -> None:

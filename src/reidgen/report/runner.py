@@ -59,9 +59,7 @@ def _move_aside(directory: Path) -> Path:
     return target
 
 
-def run_row(
-    out: Path, table: Table, row: Row, extra_overrides: tuple[str, ...] = (), timeout: int = 0
-) -> Outcome:
+def run_row(out: Path, table: Table, row: Row) -> Outcome:
     """Runs ``row`` unless it is finished; see the module docstring."""
     done = finished(out, table, row)
     if done is not None:
@@ -78,7 +76,6 @@ def run_row(
         "-m",
         "reidgen.run",
         *row.overrides,
-        *extra_overrides,
         f"hydra.run.dir={directory}",
     ]
     print(f"[reproduce-table] {table.name} / {row.name}: {' '.join(command[3:])}", flush=True)
@@ -87,7 +84,6 @@ def run_row(
         capture_output=True,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        timeout=timeout or None,
     )
     if result.returncode == 0 and metrics.is_file():
         skipped.unlink(missing_ok=True)

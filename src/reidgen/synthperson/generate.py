@@ -279,7 +279,8 @@ def _init_worker(spec: SynthPersonSpec, root: Path) -> None:
 
 
 def _render_chunk(chunk: list[tuple[int, FilePlan]]) -> int:
-    assert _WORKER is not None
+    if _WORKER is None:
+        raise RuntimeError("_render_chunk runs in a worker started with _init_worker")
     for ordinal, plan in chunk:
         _WORKER.render(ordinal, plan)
     return len(chunk)

@@ -8,28 +8,37 @@ stripe correspondences. A person shifted down by a stripe in one crop is matched
 * :func:`draw_alignment`: both images side by side, each stripe pair on the path joined by a line
   whose colour shows how close the two stripes are.
 * :func:`write_alignment_pictures`: one PNG per chosen query of a target, its top results by the
-  method's test distance stacked below each other.
+  method's test distance (:mod:`reidgen.viz.ranked`) stacked below each other.
 * ``python -m reidgen.viz.alignment ckpt=PATH data=synth_cross target=synth_street queries=[0,5]``
   (config ``conf/viz_alignment.yaml``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 from pathlib import Path
 
 import hydra
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from PIL import Image, ImageDraw
 from torch import Tensor
-from torch.utils.data import DataLoader
 
-from reidgen.data.dataset import EvalDataset
-from reidgen.evaluate import checkpoint_datamodule
+from reidgen.data.dataset import EvalDataset, read_image
 from reidgen.methods.alignedreid.local_distance import alignment_path, paired_stripe_distances
-from reidgen.methods.base import ReIDMethod, load_method
-from reidgen.viz.common import ImageLike, colour, panel_size, target_dataset, to_pil, top_results
+from reidgen.methods.alignedreid.method import AlignedReID
+from reidgen.methods.base import ReIDMethod
+from reidgen.viz.drawing import ImageLike, colour, panel_size, to_pil
+from reidgen.viz.ranked import (
+    Picture,
+    checkpoint_target,
+    inference,
+    picture_paths,
+    print_pictures,
+    rank_queries,
+    select_queries,
+    write_png,
+)
 
 GAP = 40  # between the two panels: room for the lines
 CAPTION_HEIGHT = 18
@@ -57,8 +66,8 @@ def draw_alignment(
     a, b = to_pil(image_a), to_pil(image_b)
     width, panel_height = panel_size(a, height)
     picture = Image.new("RGB", (2 * width + GAP, panel_height + CAPTION_HEIGHT), _BACKGROUND)
-    picture.paste(a.resize((width, panel_height), Image.BICUBIC), (0, 0))
-    picture.paste(b.resize((width, panel_height), Image.BICUBIC), (width + GAP, 0))
+    picture.paste(a.resize((width, panel_height), Image.Resampling.BICUBIC), (0, 0))
+    picture.paste(b.resize((width, panel_height), Image.Resampling.BICUBIC), (width + GAP, 0))
     draw = ImageDraw.Draw(picture)
     bounds = [round(i * panel_height / stripes) for i in range(stripes + 1)]
     for x0 in (0, width + GAP):
@@ -76,96 +85,90 @@ def draw_alignment(
     return picture
 
 
-def _check_aligned_method(method: object) -> None:
-    models = getattr(method, "models", None)
-    if models is None or not hasattr(models[0], "local_reduction"):
+def check_aligned_method(method: object, subject: str = "this method") -> None:
+    """Raises ``TypeError`` unless ``method`` is AlignedReID, whose stripes the pictures draw."""
+    if not isinstance(method, AlignedReID):
         raise TypeError(
-            f"this checkpoint's method is not AlignedReID ({type(method).__name__} has no "
-            "AlignedReID models with a local branch)"
+            f"{subject} is not AlignedReID ({type(method).__name__}): alignment pictures need "
+            "its local (stripe) branch"
         )
 
 
-@torch.no_grad()
 def write_alignment_pictures(
     method: ReIDMethod,
     dataset: EvalDataset,
-    queries: Sequence[int],
+    queries: Iterable[int],
     out_dir: str | Path,
     top: int = 3,
     height: int = 256,
     batch_size: int = 64,
+    num_workers: int = 0,
+    exclude_same_camera: bool = True,
     overwrite: bool = False,
-) -> list[Path]:
-    """For each query position, its ``top`` gallery results by ``method``'s test distance
-    (same identity in the same camera and junk left out, as the protocol), each drawn with
-    :func:`draw_alignment` by model 0's stripes; written as ``out_dir/query_<index>.png``.
-    Existing files are never replaced unless ``overwrite``."""
-    _check_aligned_method(method)
-    out = Path(out_dir)
-    for query in queries:
-        if not 0 <= query < dataset.num_query:
-            raise IndexError(
-                f"query {query} out of range: the target has {dataset.num_query} queries "
-                f"(0..{dataset.num_query - 1})"
-            )
-    paths = [out / f"query_{query}.png" for query in queries]
-    existing = [str(p) for p in paths if p.exists()]
-    if existing and not overwrite:
-        raise FileExistsError(f"not replacing {', '.join(existing)} (overwrite=true replaces them)")
-    out.mkdir(parents=True, exist_ok=True)
-    method.eval()
-    device = method.device
-    features = torch.cat(
-        [
-            method.extract(batch["image"].to(device)).cpu()
-            for batch in DataLoader(dataset, batch_size=batch_size)
-        ]
+) -> list[Picture]:
+    """For each query (a position in the query set), its ``top`` gallery results by the
+    method's test distance (:func:`~reidgen.viz.ranked.rank_queries`), each drawn with
+    :func:`draw_alignment` by model 0's stripes, stacked best first, written as
+    ``out_dir/query_<index>.png``. Images are shown as read from disk.
+
+    :param exclude_same_camera: leave out the query's identity in the query's camera, as the
+        evaluation protocols do; junk is always left out.
+    :param overwrite: replace existing pictures; otherwise an existing one is an error, raised
+        before anything is computed.
+    :returns: one :class:`~reidgen.viz.ranked.Picture` per distinct query, in the order given.
+    """
+    check_aligned_method(method)
+    chosen = select_queries(dataset, queries)
+    paths = picture_paths(out_dir, chosen, overwrite)
+    ranked = rank_queries(
+        method, dataset, chosen, top, batch_size, num_workers, exclude_same_camera
     )
-    query_features, gallery_features = features[: dataset.num_query], features[dataset.num_query :]
-    gallery = dataset.samples[dataset.num_query :]
-    for query, path in zip(queries, paths, strict=True):
-        sample = dataset.samples[query]
-        distance = method.distance(query_features, gallery_features)(query, query + 1)[0]
-        ranked, _ = top_results(distance, sample, gallery, top)
-        results = [int(i) for i in ranked]
-        images = [dataset[query]["image"]] + [
-            dataset[dataset.num_query + r]["image"] for r in results
-        ]
-        local = method.models[0](torch.stack(images).to(device)).local_features
-        if getattr(method, "normalize_features", False):
-            local = torch.nn.functional.normalize(local, dim=2)
-        stripes = paired_stripe_distances(local[:1].expand(len(results), -1, -1), local[1:]).cpu()
+    samples = dataset.samples
+    pictures = []
+    for ranking, path in zip(ranked.rankings, paths, strict=True):
+        indices = [ranking.query, *ranking.results]
+        with inference(method):
+            images = torch.stack([dataset[i]["image"] for i in indices]).to(method.device)
+            stripes = method.stripe_features(images)
+            results = len(ranking.results)
+            distances = paired_stripe_distances(stripes[:1].expand(results, -1, -1), stripes[1:])
+        query = samples[ranking.query]
+        shown = [read_image(samples[i].path) for i in indices]
         rows = [
             draw_alignment(
-                images[0],
-                images[1 + k],
-                stripes[k],
+                shown[0],
+                shown[1 + k],
+                distances[k].cpu(),
                 height,
-                title=f"#{k + 1} {'TRUE' if gallery[r].pid == sample.pid else 'false'} match, "
-                f"test distance {float(distance[r]):.3f}",
+                title=f"#{k + 1} {'TRUE' if samples[index].pid == query.pid else 'false'} match, "
+                f"test distance {ranking.distances[k]:.3f}",
             )
-            for k, r in enumerate(results)
+            for k, index in enumerate(ranking.results)
         ]
         picture = Image.new("RGB", (rows[0].width, sum(row.height for row in rows)), _BACKGROUND)
         for k, row in enumerate(rows):
-            picture.paste(row, (0, sum(r.height for r in rows[:k])))
-        with open(path, "wb" if overwrite else "xb") as handle:
-            picture.save(handle, format="PNG")
-    return paths
+            picture.paste(row, (0, k * row.height))
+        pictures.append(Picture(write_png(picture, path, overwrite), ranking))
+    return pictures
 
 
-def pictures_from_config(cfg: DictConfig) -> list[Path]:
+def pictures_from_config(cfg: DictConfig) -> list[Picture]:
     """The CLI without Hydra's wrapper (keys: ``conf/viz_alignment.yaml``)."""
-    method = load_method(cfg.ckpt)
-    _check_aligned_method(method)
-    dataset = target_dataset(checkpoint_datamodule(cfg.data, method), cfg.target)
-    queries = list(cfg.queries) if OmegaConf.is_list(cfg.queries) else [cfg.queries]
-    paths = write_alignment_pictures(
-        method, dataset, queries, cfg.out_dir, cfg.top, cfg.height, overwrite=cfg.overwrite
+    target = checkpoint_target(cfg, check_aligned_method)
+    pictures = write_alignment_pictures(
+        target.method,
+        target.dataset,
+        target.queries,
+        cfg.out_dir,
+        top=cfg.top,
+        height=cfg.height,
+        batch_size=target.batch_size,
+        num_workers=target.num_workers,
+        exclude_same_camera=cfg.exclude_same_camera,
+        overwrite=cfg.overwrite,
     )
-    for path in paths:
-        print(path)
-    return paths
+    print_pictures(pictures)
+    return pictures
 
 
 @hydra.main(version_base="1.3", config_path="pkg://reidgen.conf", config_name="viz_alignment")

@@ -1,52 +1,38 @@
 """QAConv's picture of the matches: which query locations matched which gallery locations.
 
-QAConv's claim to interpretability (Liao & Shao, ECCV 2020) is that a score is a sum of local
-matches. In eval mode the whole head (scalar BN, FC, logit BN) is affine in the directional maxima
-of the local correlation (:meth:`~reidgen.methods.qaconv.matcher.QAConvMatcher.eval_affine`)::
+A QAConv score is a sum of local matches, one term per location
+(:mod:`reidgen.methods.qaconv.matches`, which computes them); these pictures draw the strongest.
 
-    score = sum_s w_a[s] * S[s, r*(s)] + sum_r w_b[r] * S[s*(r), r] + offset
-
-with ``S[s, r]`` the cosine of query location ``s`` and gallery location ``r``, ``r*(s)`` the best
-gallery location of ``s`` and ``s*(r)`` the best query location of ``r``. Every location adds one
-term, and its correspondence is the argmax. The official visualisation read the per-location
-weights of the 1.x FC and broke with the shared-FC 2.1 head (issue #32, ``docs/methods/qaconv.md``
-§11); the folded weights ``w_a, w_b`` serve both heads and include both BNs.
-
-* :func:`location_matches`: correspondences and contributions of one (query, gallery) pair.
 * :func:`draw_matches`: both images side by side, the strongest correspondences as lines.
 * :func:`draw_ranked_matches`: one query's top results, a match picture each, true matches marked.
-* :func:`write_match_pictures`: ranks a target's gallery for chosen queries, one PNG per query.
+* :func:`write_match_pictures`: ranks a target's gallery for chosen queries by the method's test
+  distance (:mod:`reidgen.viz.ranked`), one PNG per query.
 * ``python -m reidgen.viz.qaconv_matches ckpt=PATH data=synth_cross target=synth_street
   queries=[0,5] top=3`` does that for a checkpoint (config ``conf/viz_matches.yaml``).
-
-Locations are numbered row-major on the ``h x w`` feature grid: ``s = row * w + col``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import hydra
-import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from PIL import Image, ImageDraw, ImageFont
-from torch import Tensor, nn
-from torch.utils.data import DataLoader, Subset
 
 from reidgen.data.dataset import EvalDataset, read_image
-from reidgen.data.sample import Sample
-from reidgen.evaluate import checkpoint_datamodule
-from reidgen.methods.base import load_method
-from reidgen.methods.qaconv.matcher import QAConvMatcher
-from reidgen.viz.common import (
-    ImageLike,
-    colour,
-    panel_size,
-    target_dataset,
-    to_pil,
-    top_results,
+from reidgen.methods.base import ReIDMethod
+from reidgen.methods.qaconv.matches import MatchInfo, location_matches
+from reidgen.methods.qaconv.method import MAPS, QAConvMethod
+from reidgen.viz.drawing import ImageLike, colour, panel_size, to_pil
+from reidgen.viz.ranked import (
+    Picture,
+    checkpoint_target,
+    picture_paths,
+    print_pictures,
+    rank_queries,
+    select_queries,
+    write_png,
 )
 
 # Layout of the pictures, in pixels.
@@ -61,89 +47,6 @@ FALSE_MATCH = (220, 0, 0)
 UNKNOWN_MATCH = (160, 160, 160)
 _BACKGROUND = (255, 255, 255)
 _TEXT = (20, 20, 20)
-
-
-@dataclass(frozen=True)
-class MatchInfo:
-    """The local matches of one query map against one gallery map, ``N = h * w`` locations.
-
-    :ivar grid: ``(h, w)`` of the feature maps.
-    :ivar similarity: ``S [N(s), N(r)]``, the cosine of query location ``s`` and gallery
-        location ``r``.
-    :ivar query_to_gallery: ``r*(s) = argmax_r S[s, r]``, ``[N]`` long.
-    :ivar gallery_to_query: ``s*(r) = argmax_s S[s, r]``, ``[N]`` long.
-    :ivar query_contribution: ``w_a[s] * S[s, r*(s)]``, ``[N]`` float64.
-    :ivar gallery_contribution: ``w_b[r] * S[s*(r), r]``, ``[N]`` float64.
-    :ivar offset: ``[]`` float64, the score's constant term.
-    :ivar score: ``[]`` float64, the eval-mode score: both contributions summed, plus ``offset``.
-    """
-
-    grid: tuple[int, int]
-    similarity: Tensor
-    query_to_gallery: Tensor
-    gallery_to_query: Tensor
-    query_contribution: Tensor
-    gallery_contribution: Tensor
-    offset: Tensor
-    score: Tensor
-
-    def cell(self, location: int) -> tuple[int, int]:
-        """``(row, col)`` of ``location`` on the grid."""
-        row, col = divmod(int(location), self.grid[1])
-        return row, col
-
-    def strongest_query_matches(self, k: int) -> list[tuple[int, int, float]]:
-        """The ``k`` query locations of largest contribution, strongest first, as
-        ``(s, r*(s), contribution)``; equal contributions keep location order."""
-        if k < 0:
-            raise ValueError(f"k must be non-negative, got {k}")
-        order = torch.sort(self.query_contribution, descending=True, stable=True).indices[:k]
-        return [
-            (int(s), int(self.query_to_gallery[s]), float(self.query_contribution[s]))
-            for s in order
-        ]
-
-
-@torch.no_grad()
-def location_matches(query_map: Tensor, gallery_map: Tensor, matcher: QAConvMatcher) -> MatchInfo:
-    """Correspondences and score contributions of one query and one gallery feature map.
-
-    :param query_map, gallery_map: ``[C, h, w]``, L2-normalised over ``C`` at every location.
-    :param matcher: its eval-mode head (running statistics) is used whatever its mode, as in
-        evaluation; so ``info.score`` is ``matcher.scores_in_chunks(query[None], gallery[None])``.
-    :returns: tensors on the maps' device (see :class:`MatchInfo` for the shapes).
-    """
-    if query_map.dim() != 3 or query_map.shape != gallery_map.shape:
-        raise ValueError(
-            f"expected two [C, h, w] maps of one shape, got {tuple(query_map.shape)} and "
-            f"{tuple(gallery_map.shape)}"
-        )
-    c, h, w = query_map.shape
-    if h * w != matcher.num_locations:
-        raise ValueError(
-            f"maps have {h} x {w} = {h * w} locations, the matcher was built for "
-            f"{matcher.num_locations}"
-        )
-    # float32 at least: CPU half matmuls are slow, and fp16 would blur near-tied maxima.
-    dtype = torch.float64 if query_map.dtype == torch.float64 else torch.float32
-    query = query_map.to(dtype).reshape(c, h * w)
-    gallery = gallery_map.to(dtype).reshape(c, h * w)
-    similarity = query.t() @ gallery  # [N(s), N(r)]
-    best_gallery, query_to_gallery = similarity.max(dim=1)
-    best_query, gallery_to_query = similarity.max(dim=0)
-    w_a, w_b, offset = (t.to(similarity.device) for t in matcher.eval_affine())
-    query_contribution = w_a * best_gallery.double()
-    gallery_contribution = w_b * best_query.double()
-    return MatchInfo(
-        grid=(h, w),
-        similarity=similarity,
-        query_to_gallery=query_to_gallery,
-        gallery_to_query=gallery_to_query,
-        query_contribution=query_contribution,
-        gallery_contribution=gallery_contribution,
-        offset=offset,
-        score=query_contribution.sum() + gallery_contribution.sum() + offset,
-    )
 
 
 # ---------------------------------------------------------------------------------- drawing
@@ -294,55 +197,20 @@ def draw_ranked_matches(
 
 
 # ---------------------------------------------------------------------------------- a target
-@dataclass(frozen=True)
-class MatchPicture:
-    """One written picture.
-
-    :ivar path: the PNG file.
-    :ivar query: the query's dataset index (= its position in the query set).
-    :ivar gallery: dataset indices of the pictured results, best first.
-    :ivar scores: their scores, as the matcher ranked them (``scores_in_chunks``).
-    """
-
-    path: Path
-    query: int
-    gallery: list[int]
-    scores: list[float]
-
-
 def check_matching_method(method: object, subject: str = "this method") -> None:
-    """Raises ``TypeError`` unless ``method`` has ``feature_maps`` and a QAConvMatcher
-    ``matcher``, what match pictures need."""
-    missing = [name for name in ("feature_maps", "matcher") if not hasattr(method, name)]
-    if not missing and not isinstance(method.matcher, QAConvMatcher):
-        missing = ["a QAConvMatcher as matcher"]
-    if missing:
+    """Raises ``TypeError`` unless ``method`` is QAConv, whose feature maps and matcher the
+    pictures decompose."""
+    if not isinstance(method, QAConvMethod):
         raise TypeError(
-            f"{subject} is not QAConv: {type(method).__name__} has no {' and no '.join(missing)} "
-            "(match pictures need feature_maps(images) -> [B, C, h, w] and a QAConvMatcher)"
+            f"{subject} is not QAConv ({type(method).__name__}): match pictures need QAConv's "
+            "feature maps and matcher"
         )
 
 
-def _feature_maps(
-    method: nn.Module,
-    dataset: EvalDataset,
-    indices: Sequence[int],
-    batch_size: int,
-    num_workers: int,
-    device: torch.device,
-) -> Iterator[Tensor]:
-    """Feature maps ``[b, C, h, w]`` of ``dataset[indices]``, a batch at a time, in order."""
-    loader = DataLoader(
-        Subset(dataset, list(indices)), batch_size=batch_size, num_workers=num_workers
-    )
-    for batch in loader:
-        yield method.feature_maps(batch["image"].to(device))
-
-
 def write_match_pictures(
-    method: nn.Module,
+    method: ReIDMethod,
     dataset: EvalDataset,
-    queries: Sequence[int],
+    queries: Iterable[int],
     out_dir: str | Path,
     top: int = 3,
     top_k: int = 10,
@@ -351,15 +219,13 @@ def write_match_pictures(
     num_workers: int = 0,
     exclude_same_camera: bool = True,
     overwrite: bool = False,
-) -> list[MatchPicture]:
-    """For each query, ranks the target's gallery by the matcher's eval scores and writes
-    ``<out_dir>/query_<index>.png``: :func:`draw_ranked_matches` of its ``top`` results.
+) -> list[Picture]:
+    """For each query, ranks the target's gallery by the method's test distance
+    (:func:`~reidgen.viz.ranked.rank_queries`) and writes ``<out_dir>/query_<index>.png``:
+    :func:`draw_ranked_matches` of its ``top`` results, from the feature maps they were ranked
+    by. Images are shown as read from disk.
 
-    The gallery is scored a batch at a time (its maps are never all held); the pictured results
-    are extracted again for their :func:`location_matches`. Images are shown as read from disk.
-
-    :param method: has ``feature_maps(images [B, 3, H, W]) -> [B, C, h, w]`` (unit norm per
-        location) and ``matcher`` (:class:`QAConvMatcher`); run in eval mode, its mode restored.
+    :param method: a :class:`~reidgen.methods.qaconv.method.QAConvMethod`; its modes are restored.
     :param dataset: a test target: ``dataset.num_query`` queries first, then the gallery.
     :param queries: positions in the query set (= dataset indices), ``0 <= q < num_query``.
     :param top: results pictured per query; :param top_k: lines per result (:func:`draw_matches`).
@@ -368,145 +234,57 @@ def write_match_pictures(
         (pid -1) is always left out.
     :param overwrite: replace existing pictures. Otherwise an existing file is an error, raised
         before anything is computed or written.
-    :returns: one :class:`MatchPicture` per distinct query, in the order given.
+    :returns: one :class:`~reidgen.viz.ranked.Picture` per distinct query, in the order given.
     """
     check_matching_method(method)
-    if top < 1:
-        raise ValueError(f"top must be at least 1, got {top}")
-    if dataset.protocol.pooled:
-        raise ValueError(
-            f"this target's protocol ({type(dataset.protocol).__name__}) draws query and gallery "
-            "from one pool itself: there is no fixed query set to picture"
-        )
-    num_query = dataset.num_query
-    chosen = list(dict.fromkeys(int(q) for q in queries))
-    if not chosen:
-        raise ValueError("no queries given")
-    outside = [q for q in chosen if not 0 <= q < num_query]
-    if outside:
-        raise IndexError(
-            f"query index {', '.join(map(str, outside))} out of range: the target has "
-            f"{num_query} queries (indices 0 to {num_query - 1})"
-        )
+    chosen = select_queries(dataset, queries)
+    paths = picture_paths(out_dir, chosen, overwrite)
+    ranked = rank_queries(
+        method, dataset, chosen, top, batch_size, num_workers, exclude_same_camera
+    )
     samples = dataset.samples
-    gallery_samples = samples[num_query:]
-    if not gallery_samples:
-        raise ValueError("the target has no gallery")
-    out_dir = Path(out_dir)
-    paths = [out_dir / f"query_{q}.png" for q in chosen]
-    existing = [str(path) for path in paths if path.exists()]
-    if existing and not overwrite:
-        raise FileExistsError(
-            f"not overwriting {', '.join(existing)}: choose another folder, or allow it with "
-            "overwrite=True (overwrite=true on the command line)"
+    pictures = []
+    for row, (ranking, path) in enumerate(zip(ranked.rankings, paths, strict=True)):
+        query_map = ranked.query_features[MAPS][row]
+        infos = [
+            location_matches(query_map, gallery_map, method.matcher)
+            for gallery_map in ranked.result_features(row)[MAPS]
+        ]
+        query = samples[ranking.query]
+        picture = draw_ranked_matches(
+            read_image(query.path),
+            [read_image(samples[i].path) for i in ranking.results],
+            infos,
+            query.pid,
+            [samples[i].pid for i in ranking.results],
+            top_k,
+            height,
+            f"query {ranking.query}: pid {query.pid}, camera {query.camid}; "
+            f"top {len(ranking.results)} of {ranking.kept}",
         )
-
-    device = next(method.parameters()).device
-    matcher: QAConvMatcher = method.matcher
-    was_training = method.training
-    method.eval()
-    try:
-        with torch.no_grad():
-            query_maps = torch.cat(
-                list(_feature_maps(method, dataset, chosen, batch_size, num_workers, device))
-            )
-            n = query_maps.shape[2] * query_maps.shape[3]
-            if n != matcher.num_locations:
-                raise ValueError(
-                    f"the target's images give {query_maps.shape[2]} x {query_maps.shape[3]} "
-                    f"feature maps, the matcher was built for {matcher.num_locations} locations: "
-                    "use the input size the method was trained with"
-                )
-            gallery = range(num_query, len(samples))
-            scores = torch.cat(
-                [
-                    matcher.scores_in_chunks(query_maps, maps).cpu()
-                    for maps in _feature_maps(
-                        method, dataset, gallery, batch_size, num_workers, device
-                    )
-                ],
-                dim=1,
-            )  # [Q, G]
-            rankings = _rank(
-                scores, [samples[q] for q in chosen], gallery_samples, top, exclude_same_camera
-            )
-            out_dir.mkdir(parents=True, exist_ok=True)
-            pictures = []
-            for row, (q, path, (order, kept)) in enumerate(
-                zip(chosen, paths, rankings, strict=True)
-            ):
-                indices = [num_query + int(j) for j in order]
-                maps = torch.cat(
-                    list(_feature_maps(method, dataset, indices, batch_size, num_workers, device))
-                )
-                query = samples[q]
-                picture = draw_ranked_matches(
-                    read_image(query.path),
-                    [read_image(samples[i].path) for i in indices],
-                    [location_matches(query_maps[row], item, matcher) for item in maps],
-                    query.pid,
-                    [samples[i].pid for i in indices],
-                    top_k,
-                    height,
-                    f"query {q}: pid {query.pid}, camera {query.camid}; "
-                    f"top {len(indices)} of {kept}",
-                )
-                # "xb" fails if the file appeared since the check: nothing is replaced silently.
-                with open(path, "wb" if overwrite else "xb") as file:
-                    picture.save(file, format="PNG")
-                pictures.append(MatchPicture(path, q, indices, scores[row, order].tolist()))
-    finally:
-        method.train(was_training)
+        pictures.append(Picture(write_png(picture, path, overwrite), ranking))
     return pictures
 
 
-def _rank(
-    scores: Tensor,
-    queries: Sequence[Sample],
-    gallery: Sequence[Sample],
-    top: int,
-    exclude_same_camera: bool,
-) -> list[tuple[Tensor, int]]:
-    """Per query row of ``scores [Q, G]``: the gallery positions of its ``top`` best kept
-    results, best first (ties in gallery order), and how many gallery items were kept."""
-    return [
-        top_results(-scores[row], query, gallery, top, exclude_same_camera)
-        for row, query in enumerate(queries)
-    ]
-
-
 # ---------------------------------------------------------------------------------- the CLI
-def pictures_from_config(cfg: DictConfig) -> list[MatchPicture]:
+def pictures_from_config(cfg: DictConfig) -> list[Picture]:
     """The CLI without Hydra's wrapper: rebuilds the checkpoint's method and writes the
     pictures (see ``conf/viz_matches.yaml`` for the keys)."""
-    device = torch.device(
-        ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
-    )
-    method = load_method(cfg.ckpt)
-    check_matching_method(method, "this checkpoint's method")
-    method.to(device)
-    datamodule = checkpoint_datamodule(cfg.data, method)
-    dataset = target_dataset(datamodule, cfg.target)
-    queries = list(cfg.queries) if OmegaConf.is_list(cfg.queries) else [cfg.queries]
+    target = checkpoint_target(cfg, check_matching_method)
     pictures = write_match_pictures(
-        method,
-        dataset,
-        queries,
+        target.method,
+        target.dataset,
+        target.queries,
         cfg.out_dir,
         top=cfg.top,
         top_k=cfg.lines,
         height=cfg.height,
-        batch_size=datamodule.eval_batch_size,
-        num_workers=datamodule.num_workers,
+        batch_size=target.batch_size,
+        num_workers=target.num_workers,
         exclude_same_camera=cfg.exclude_same_camera,
         overwrite=cfg.overwrite,
     )
-    for picture in pictures:
-        results = ", ".join(
-            f"{index} ({score:.3f})"
-            for index, score in zip(picture.gallery, picture.scores, strict=True)
-        )
-        print(f"query {picture.query}: {picture.path}  results: {results}")
+    print_pictures(pictures)
     return pictures
 
 

@@ -117,17 +117,30 @@ def test_test_distances(test_distance: str) -> None:
     features = method.extract(images)
     output = method.models[0](images)
     expected = pairwise_euclidean(output.global_features, output.global_features)
+    assert features["embedding"].shape == (5, 512)
     if test_distance == "global_local":
-        assert features.shape == (5, 512 + 4 * 8)
+        assert features["stripes"].shape == (5, 4, 8)
         expected = expected + local_distance(output.local_features, output.local_features)
     else:
-        assert features.shape == (5, 512)
+        assert features.names == ("embedding",)
     torch.testing.assert_close(
         method.distance(features, features)(0, 5), expected, rtol=1e-4, atol=1e-4
     )
     torch.testing.assert_close(
         method.rerank_rows(features)(1, 3), expected[1:3], rtol=1e-4, atol=1e-4
     )
+
+
+def test_stripe_features_are_those_of_the_local_distance() -> None:
+    images = torch.rand(4, 3, 64, 32)
+    method = build(local_channels=8, normalize_features=True, test_distance="global_local").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            method.stripe_features(images), method.extract(images)["stripes"]
+        )
+        stripes = build(local_channels=8, normalize_features=True).eval().stripe_features(images)
+    assert stripes.shape == (4, 4, 8)
+    torch.testing.assert_close(stripes.norm(dim=2), torch.ones(4, 4))
 
 
 def test_a_short_training_run_learns() -> None:

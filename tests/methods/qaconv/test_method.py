@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from reidgen.data.samplers.graph import GraphSampler, nearest_classes
+from reidgen.eval.features import Features
 from reidgen.methods.qaconv import losses as qaconv_losses
 from reidgen.methods.qaconv.losses import (
     ClassMemoryLoss,
@@ -251,17 +252,21 @@ def test_frozen_backbone_bn_keeps_running_statistics_while_the_head_bn_trains() 
 def test_flip_merge_undoes_the_mirror() -> None:
     method = small_gs().eval()
     images = torch.rand(2, 3, 64, 32)
-    maps = method.extract(images)
+    maps = method.extract(images)["maps"]
+    mirrored = Features({"maps": maps.flip(dims=[3])})
     # Merging a map with the map of ... itself, mirrored and flipped back, returns the map.
-    torch.testing.assert_close(method.merge_flipped(maps, maps.flip(dims=[3])), maps)
+    torch.testing.assert_close(
+        method.merge_flipped(Features({"maps": maps}), mirrored)["maps"], maps
+    )
 
 
 def test_distance_is_one_minus_sigmoid_of_the_eval_scores() -> None:
     method = small_gs().eval()
     query, gallery = unit_maps(3, 16, 4, 2, seed=5), unit_maps(5, 16, 4, 2, seed=6)
     expected = 1 - torch.sigmoid(method.matcher(query, gallery) / 10)
-    torch.testing.assert_close(method.distance(query, gallery)(0, 3), expected)
-    rows = method.rerank_rows(torch.cat([query, gallery]))(0, 8)
+    distance = method.distance(Features({"maps": query}), Features({"maps": gallery}))
+    torch.testing.assert_close(distance(0, 3), expected)
+    rows = method.rerank_rows(Features({"maps": torch.cat([query, gallery])}))(0, 8)
     assert rows.shape == (8, 8)
 
 
@@ -305,7 +310,7 @@ def test_class_graph_is_the_matchers_nearest_classes_in_eval_mode() -> None:
     assert data.requested == representatives
     assert method.training and method.network.training  # modes restored
     method.eval()
-    maps = method.extract(images[representatives])
+    maps = method.extract(images[representatives])["maps"]
     expected = nearest_classes(-method.matcher.scores_in_chunks(maps, maps), 1)
     assert torch.equal(torch.as_tensor(sampler._neighbours(0)), expected)
     # every batch: an anchor class and its nearest class, two images each

@@ -18,8 +18,8 @@ from reidgen.data.datasets.layout import (
 )
 from reidgen.data.sample import Sample, Splits
 
-# QAConv's clocks (methods/qaconv.md §7.1): Market frames run at 25 fps; Duke frames at 59.94 fps
-# on per-camera clocks shifted by these offsets (camera 1..8) so that the cameras line up.
+# QAConv's clocks (docs/methods/qaconv.md §7.1): Market frames run at 25 fps; Duke frames at 59.94
+# fps on per-camera clocks shifted by these offsets (camera 1..8) so that the cameras line up.
 MARKET_FPS = 25.0
 DUKE_FPS = 59.94
 DUKE_FRAME_OFFSETS = (5542, 3606, 27243, 31181, 0, 22401, 18967, 46765)

@@ -41,10 +41,11 @@ log = logging.getLogger(__name__)
 K = TypeVar("K", bound=Hashable)
 
 SCENE_FPS = 24.0
-"""Frame rate of RandPerson and ClonedPerson renderings (QAConv's loaders, qaconv.md §7.1)."""
+"""Frame rate of RandPerson and ClonedPerson renderings (QAConv's loaders, docs/methods/qaconv.md
+§7.1)."""
 
 # Global camera of scene s = RANDPERSON_CAMERA_OFFSETS[s] + scene-local camera: 19 cameras over
-# the 11 scenes (qaconv.md §7.1; the official RandPerson loader uses the same table).
+# the 11 scenes (docs/methods/qaconv.md §7.1; the official RandPerson loader uses the same table).
 RANDPERSON_CAMERA_OFFSETS = (0, 2, 4, 6, 8, 9, 10, 12, 13, 14, 15)
 # Frame offset of each scene, so that time = (offset + frame) / 24 lies on one clock per scene.
 # Not in docs/datasets.md: the numbers are those of QAConv's reid/datasets/randperson.py (HEAD).

@@ -62,6 +62,8 @@ class EpochPlanSampler(Sampler[int]):
     per_rank_batch_size: int
     _groups_per_rank: int
     _position: int
+    # Where the next iteration starts, set by load_state_dict only (None: at 0).
+    _resume_position: int | None = None
 
     def _plan(self, epoch: int) -> np.ndarray:
         raise NotImplementedError
@@ -77,32 +79,41 @@ class EpochPlanSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         # Plan eagerly, so that a plan that cannot be made raises at iter(), not at next().
-        return self._iterate(self.rank_indices().tolist())
+        indices = self.rank_indices().tolist()
+        # Every iteration starts at 0, except the first one after a mid-epoch restore. So an
+        # iterator made and dropped early (Lightning makes one per reloaded loader before its
+        # second, and loader workers prefetch from it) shifts no later iteration.
+        start, self._resume_position = self._resume_position or 0, None
+        self._position = start
+        return self._iterate(indices, start)
 
-    def _iterate(self, indices: list[int]) -> Iterator[int]:
-        for i in range(self._position, len(indices)):
+    def _iterate(self, indices: list[int], start: int) -> Iterator[int]:
+        for i in range(start, len(indices)):
             # Count before yielding: a state_dict taken after receiving index i resumes at i + 1.
             self._position = i + 1
             yield indices[i]
-        self._position = 0  # epoch done: iterating again without set_epoch repeats it
+        self._position = 0
 
     def set_epoch(self, epoch: int) -> None:
-        """Select the epoch. A *different* epoch restarts at position 0; setting the current
-        epoch again keeps the position, so a restored mid-epoch state survives Lightning's
-        ``set_epoch`` call at the start of the resumed epoch."""
+        """Select the epoch. A *different* epoch starts at position 0 and drops a restored
+        position; setting the current epoch again changes nothing, so a restored mid-epoch state
+        survives Lightning's ``set_epoch`` call at the start of the resumed epoch."""
         epoch = int(epoch)
         if epoch < 0:
             raise ValueError(f"epoch must be >= 0, got {epoch}")
         if epoch != self.epoch:
             self.epoch = epoch
             self._position = 0
+            self._resume_position = None
 
     def state_dict(self) -> dict[str, Any]:
-        """``{"epoch", "seed", "position"}``; ``position`` = indices already yielded this epoch."""
+        """``{"epoch", "seed", "position"}``; ``position`` = indices already yielded by the
+        current (or last) iteration of this epoch."""
         return {"epoch": self.epoch, "seed": self.seed, "position": self._position}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`; the next iteration yields the epoch's remaining indices."""
+        """Restore :meth:`state_dict`; the next iteration yields the epoch's remaining indices
+        (later ones the whole epoch again)."""
         position = int(state.get("position", 0))
         if not 0 <= position <= len(self):
             raise ValueError(f"position {position} outside this sampler's epoch [0, {len(self)}]")
@@ -112,3 +123,4 @@ class EpochPlanSampler(Sampler[int]):
         self.seed = int(state["seed"])
         self.epoch = epoch
         self._position = position
+        self._resume_position = position

@@ -24,9 +24,11 @@ class EpochTaggedSampler(Sampler):
         return len(self.sampler)
 
     def __iter__(self) -> Iterator[tuple[int, int, int, int]]:
-        position = self.sampler.state_dict()["position"]
-        for offset, index in enumerate(self.sampler):
-            yield self.sampler.epoch, self.sampler.rank, position + offset, int(index)
+        indices = iter(self.sampler)
+        # Read after iter(): the wrapped sampler decides there where this iteration starts.
+        start = self.sampler.state_dict()["position"]
+        epoch, rank = self.sampler.epoch, self.sampler.rank
+        return ((epoch, rank, start + offset, int(index)) for offset, index in enumerate(indices))
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)

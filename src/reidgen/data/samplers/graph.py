@@ -41,7 +41,7 @@ Who builds the graph, and when: two ways.
   :meth:`GraphSampler.representatives` of that epoch, like the official code does inside its
   ``__iter__``. ``fn`` runs in the main process whenever the loader iterator is created; it must
   put the model in eval mode and restore the previous train/eval modes afterwards (QAConv 2.0
-  forgot the latter, see the method doc §6.2), and in DDP it is called on every rank at the
+  forgot the latter, see docs/methods/qaconv.md §6.2), and in DDP it is called on every rank at the
   same point, so it may use collectives.
 
 Still no graph for the current epoch: with ``missing_graph="error"`` (default) iterating raises a
@@ -77,12 +77,11 @@ _MISSING_GRAPH_MODES = ("error", "random")
 def nearest_classes(distance: torch.Tensor, k: int, chunk_rows: int = 1024) -> torch.Tensor:
     """The ``k`` nearest other classes of every class, nearest first: int64 ``[P, k]``.
 
-    Args:
-        distance: ``[P, P]``, smaller is closer (for similarity scores pass ``-score``). The
-            diagonal is ignored (a class is never its own neighbour); NaN counts as +inf.
-        k: neighbours per class, ``0 <= k <= P - 1``.
-        chunk_rows: rows processed at once, bounding the memory to a few ``chunk_rows * P``
-            arrays.
+    :param distance: ``[P, P]``, smaller is closer (for similarity scores pass ``-score``). The
+        diagonal is ignored (a class is never its own neighbour); NaN counts as +inf.
+    :param k: neighbours per class, ``0 <= k <= P - 1``.
+    :param chunk_rows: rows processed at once, bounding the memory to a few ``chunk_rows * P``
+        arrays.
 
     Ties are broken by class index (stable sort), so the result is deterministic.
     """
@@ -122,17 +121,16 @@ def nearest_classes(distance: torch.Tensor, k: int, chunk_rows: int = 1024) -> t
 class GraphSampler(EpochPlanSampler):
     """Yields dataset indices of GS batches (anchor class + nearest classes, K images each).
 
-    Args:
-        labels: training class of every dataset item (length N). Classes are numbered by
-            position in the sorted unique labels (:attr:`classes`); with reidgen's relabelled
-            pids ``0..P-1`` position and label coincide. Rows of the graph follow this order.
-        batch_size: the GLOBAL batch over all ranks, ``C * K`` with ``C`` classes per batch.
-        num_instances: ``K``, images per class in a batch.
-        seed: base seed; the plan of an epoch is a pure function of ``(seed, epoch, graph)``.
-        num_replicas, rank: DDP world size and this process's rank; default to the initialised
-            ``torch.distributed`` process group, else 1 and 0.
-        missing_graph: ``"error"`` (raise when iterating an epoch without its graph) or
-            ``"random"`` (random neighbours for such an epoch); see the module docstring.
+    :param labels: training class of every dataset item (length N). Classes are numbered by
+        position in the sorted unique labels (:attr:`classes`); with reidgen's relabelled
+        pids ``0..P-1`` position and label coincide. Rows of the graph follow this order.
+    :param batch_size: the GLOBAL batch over all ranks, ``C * K`` with ``C`` classes per batch.
+    :param num_instances: ``K``, images per class in a batch.
+    :param seed: base seed; the plan of an epoch is a pure function of ``(seed, epoch, graph)``.
+    :param num_replicas, rank: DDP world size and this process's rank; default to the initialised
+        ``torch.distributed`` process group, else 1 and 0.
+    :param missing_graph: ``"error"`` (raise when iterating an epoch without its graph) or
+        ``"random"`` (random neighbours for such an epoch); see the module docstring.
 
     Shapes: the epoch's class plan is int64 ``[P, C]`` (row ``b`` = batch ``b``, column 0 its
     anchor), the index plan int64 ``[P, C, K]``; this rank iterates over its ``[P, C/R, K]``

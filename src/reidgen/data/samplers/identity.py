@@ -64,18 +64,17 @@ def _top_by_key(candidates: np.ndarray, keys: np.ndarray, m: int) -> np.ndarray:
 class RandomIdentitySampler(EpochPlanSampler):
     """Yields dataset indices that form P x K identity batches; seeded, exact length, DDP-aware.
 
-    Args:
-        labels: training identity of every dataset item, ``labels[i]`` for index ``i`` (length N).
-            Any integers; identities are processed in sorted order, so the plan never depends on
-            set/dict iteration order.
-        num_instances: ``K``, images per identity in a batch.
-        batch_size: the GLOBAL batch over all ranks, ``P * K``; ``P = batch_size // K``.
-        seed: base seed; the plan of an epoch is a pure function of ``(seed, epoch)``.
-        num_replicas, rank: DDP world size and this process's rank; default to the initialised
-            ``torch.distributed`` process group, else 1 and 0.
-        domains: domain of every dataset item (length N), used when ``domain_balanced``.
-        domain_balanced: every global batch takes ``P / D`` identities from each of the ``D``
-            domains (for multi-source training).
+    :param labels: training identity of every dataset item, ``labels[i]`` for index ``i`` (length
+        N). Any integers; identities are processed in sorted order, so the plan never depends on
+        set/dict iteration order.
+    :param num_instances: ``K``, images per identity in a batch.
+    :param batch_size: the GLOBAL batch over all ranks, ``P * K``; ``P = batch_size // K``.
+    :param seed: base seed; the plan of an epoch is a pure function of ``(seed, epoch)``.
+    :param num_replicas, rank: DDP world size and this process's rank; default to the initialised
+        ``torch.distributed`` process group, else 1 and 0.
+    :param domains: domain of every dataset item (length N), used when ``domain_balanced``.
+    :param domain_balanced: every global batch takes ``P / D`` identities from each of the ``D``
+        domains (for multi-source training).
 
     Epoch plan (global, identical on every rank):
 

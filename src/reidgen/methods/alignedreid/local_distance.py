@@ -60,13 +60,11 @@ def _check_stripes(x: Tensor, y: Tensor, paired: bool) -> None:
 def stripe_distances(x: Tensor, y: Tensor) -> Tensor:
     """Element distances between every stripe of every ``x`` and every stripe of every ``y``.
 
-    Args:
-        x: ``[M, H, c]`` local features.
-        y: ``[N, H, c]`` local features.
+    :param x: ``[M, H, c]`` local features.
+    :param y: ``[N, H, c]`` local features.
 
-    Returns:
-        ``[M, N, H, H]`` float32, entry ``[m, n, i, j] = tanh(||x[m, i] - y[n, j]||_2 / 2)`` in
-        ``[0, 1)``. The Euclidean distances come from one GEMM over the ``[M*H, c]`` and
+    :returns: ``[M, N, H, H]`` float32, entry ``[m, n, i, j] = tanh(||x[m, i] - y[n, j]||_2 / 2)``
+        in ``[0, 1)``. The Euclidean distances come from one GEMM over the ``[M*H, c]`` and
         ``[N*H, c]`` stripe rows (:func:`~reidgen.losses.pairwise_euclidean`: float32, autocast
         off, squared distances clamped at 1e-12 so identical stripes have a finite gradient).
         The result is a permuted view, not contiguous.
@@ -83,12 +81,10 @@ def stripe_distances(x: Tensor, y: Tensor) -> Tensor:
 def paired_stripe_distances(x: Tensor, y: Tensor) -> Tensor:
     """Element distances between ``x[b]`` and ``y[b]`` only (e.g. anchors and their hard pairs).
 
-    Args:
-        x: ``[B, H, c]`` local features.
-        y: ``[B, H, c]`` local features.
+    :param x: ``[B, H, c]`` local features.
+    :param y: ``[B, H, c]`` local features.
 
-    Returns:
-        ``[B, H, H]`` float32, entry ``[b, i, j] = tanh(||x[b, i] - y[b, j]||_2 / 2)``: the
+    :returns: ``[B, H, H]`` float32, entry ``[b, i, j] = tanh(||x[b, i] - y[b, j]||_2 / 2)``: the
         diagonal ``[b, b]`` of :func:`stripe_distances`, at the cost of ``B`` products instead
         of ``B^2``. Same arithmetic (float32 with autocast off, ``|x|^2 + |y|^2 - 2 x.y`` with
         the same clamp), as one batched matrix product.
@@ -164,17 +160,14 @@ def _working_dtype(d: Tensor) -> Tensor:
 def shortest_path(d: Tensor) -> Tensor:
     """Length of the shortest monotone path through each ``H x H`` matrix of ``d``.
 
-    Args:
-        d: ``[..., H, H]`` element distances (any number of leading batch dimensions).
+    :param d: ``[..., H, H]`` element distances (any number of leading batch dimensions).
 
-    Returns:
-        ``[...]``: the minimum over paths from ``(0, 0)`` to ``(H-1, H-1)`` moving only right
+    :returns: ``[...]``: the minimum over paths from ``(0, 0)`` to ``(H-1, H-1)`` moving only right
         (``j + 1``) or down (``i + 1``) of the sum of the ``2H - 1`` visited cells; ``d[..., 0, 0]``
         for ``H == 1``. Float32 (float64 inputs stay float64). Differentiable: each matrix's
         gradient is the indicator of its :func:`alignment_path`.
 
-    Raises:
-        ValueError: if the last two dimensions are not a non-empty square.
+    :raises ValueError: if the last two dimensions are not a non-empty square.
     """
     _check_square(d)
     # Drain the wavefront keeping only the newest diagonal: earlier ones are garbage at once.
@@ -246,16 +239,15 @@ def _block_sizes(rows: int, gallery: int, stripes: int, chunk_size: int | None) 
 def local_distance_fn(query: Tensor, gallery: Tensor, chunk_size: int | None = None) -> DistanceFn:
     """Memory-bounded local distances for ``reidgen.eval``: ``(start, stop) -> [stop-start, G]``.
 
-    Args:
-        query: ``[Q, H, c]`` local features.
-        gallery: ``[G, H, c]`` local features (same device).
-        chunk_size: gallery items per block. ``None`` derives it from :data:`MEMORY_BUDGET`
-            (256 MiB): a block of ``q`` queries by ``g`` gallery items holds at most
-            ``_LIVE_BLOCKS = 3`` float32 ``[q, g, H, H]`` tensors at its peak, so
-            ``q * g <= MEMORY_BUDGET / (3 * 4 * H^2)`` pairs (about 350k at ``H = 8``); the
-            whole gallery at once when the requested rows allow it, fewer gallery items
-            otherwise. The rows ``start:stop`` are also split into query blocks whenever
-            ``(stop - start) * chunk_size`` exceeds that number of pairs.
+    :param query: ``[Q, H, c]`` local features.
+    :param gallery: ``[G, H, c]`` local features (same device).
+    :param chunk_size: gallery items per block. ``None`` derives it from :data:`MEMORY_BUDGET`
+        (256 MiB): a block of ``q`` queries by ``g`` gallery items holds at most
+        ``_LIVE_BLOCKS = 3`` float32 ``[q, g, H, H]`` tensors at its peak, so
+        ``q * g <= MEMORY_BUDGET / (3 * 4 * H^2)`` pairs (about 350k at ``H = 8``); the
+        whole gallery at once when the requested rows allow it, fewer gallery items
+        otherwise. The rows ``start:stop`` are also split into query blocks whenever
+        ``(stop - start) * chunk_size`` exceeds that number of pairs.
 
     The result is float32 on the features' device, computed without autograd; chunking does
     not change it beyond GEMM rounding (each block is the same arithmetic on a subset of rows).

@@ -30,8 +30,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
+from torchmetrics.classification import MulticlassAccuracy
 
 from reidgen.eval import DistanceFn
+from reidgen.eval.features import EMBEDDING, Features
 from reidgen.eval.rerank import RowsFn
 from reidgen.losses import (
     CrossEntropyLabelSmooth,
@@ -108,6 +110,7 @@ class AlignedReID(ReIDMethod):
         global-distance MSE mutual losses (used when ``num_models >= 2``).
     :param normalize_features: L2-normalise global and stripe features before distances.
     :param test_distance: ``"global"`` or ``"global_local"`` (global + local distance).
+    :param settings: passed to :class:`~reidgen.methods.base.ReIDMethod`.
     """
 
     def __init__(
@@ -128,8 +131,9 @@ class AlignedReID(ReIDMethod):
         distance_mutual_weight: float = 1.0,
         normalize_features: bool = False,
         test_distance: str = "global",
+        **settings: Any,
     ) -> None:
-        super().__init__(num_classes)
+        super().__init__(num_classes, **settings)
         if num_models < 1:
             raise ValueError(f"num_models must be >= 1, got {num_models}")
         if test_distance not in TEST_DISTANCES:
@@ -151,6 +155,9 @@ class AlignedReID(ReIDMethod):
         self.test_distance = test_distance
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
+        self.train_accuracy = nn.ModuleList(
+            MulticlassAccuracy(num_classes, average="micro") for _ in range(num_models)
+        )
 
     # ------------------------------------------------------------------ features
     def _normalized(self, output: AlignedOutput) -> tuple[Tensor, Tensor]:
@@ -158,34 +165,30 @@ class AlignedReID(ReIDMethod):
             return output.global_features, output.local_features
         return F.normalize(output.global_features, dim=1), F.normalize(output.local_features, dim=2)
 
-    def extract(self, images: Tensor) -> Tensor:
-        """Model 0's features: ``[B, C]`` global, or ``[B, C + h * c]`` global then the stripes
-        for ``test_distance="global_local"``."""
+    def extract(self, images: Tensor) -> Features:
+        """Model 0's features: the global ``embedding`` ``[B, C]``, plus the ``stripes``
+        ``[B, h, c]`` for ``test_distance="global_local"``."""
         global_features, local_features = self._normalized(self.models[0](images))
         if self.test_distance == "global":
-            return global_features.float()
-        return torch.cat([global_features, local_features.flatten(1)], dim=1).float()
+            return Features.embedding(global_features.float())
+        return Features({EMBEDDING: global_features.float(), "stripes": local_features.float()})
 
-    def _split(self, features: Tensor) -> tuple[Tensor, Tensor]:
-        channels = self.models[0].backbone.out_channels
-        local = features[:, channels:]
-        stripes = local.shape[1] // self.models[0].local_reduction[0].out_channels
-        return features[:, :channels], local.reshape(len(features), stripes, -1)
+    def stripe_features(self, images: Tensor) -> Tensor:
+        """Model 0's stripe features ``[B, h, c]``, normalised as its local distance sees them,
+        whatever the test distance (the alignment pictures need them under ``"global"`` too)."""
+        return self._normalized(self.models[0](images))[1]
 
-    def distance(self, query_features: Tensor, gallery_features: Tensor) -> DistanceFn:
+    def distance(self, query_features: Features, gallery_features: Features) -> DistanceFn:
         """Plain Euclidean distance of the global features (+ the local shortest-path distance)."""
+        query_global, gallery_global = query_features[EMBEDDING], gallery_features[EMBEDDING]
         if self.test_distance == "global":
-            return lambda start, stop: pairwise_euclidean(
-                query_features[start:stop], gallery_features
-            )
-        query_global, query_local = self._split(query_features)
-        gallery_global, gallery_local = self._split(gallery_features)
-        local = local_distance_fn(query_local, gallery_local)
+            return lambda start, stop: pairwise_euclidean(query_global[start:stop], gallery_global)
+        local = local_distance_fn(query_features["stripes"], gallery_features["stripes"])
         return lambda start, stop: (
             pairwise_euclidean(query_global[start:stop], gallery_global) + local(start, stop)
         )
 
-    def rerank_rows(self, features: Tensor) -> RowsFn:
+    def rerank_rows(self, features: Features) -> RowsFn:
         # The distance is already plain (not squared), as re-ranking expects.
         return self.distance(features, features)
 
@@ -256,7 +259,8 @@ class AlignedReID(ReIDMethod):
             prefix = "train/" if i == 0 else f"train/model{i}/"
             logs.update({f"{prefix}{name}": value for name, value in losses.items()})
             logs[f"{prefix}loss"] = loss
-            logs[f"{prefix}accuracy"] = (output.logits.argmax(1) == labels).float().mean()
+            self.train_accuracy[i](output.logits.detach(), labels)
+            logs[f"{prefix}accuracy"] = self.train_accuracy[i]
         self.log_dict(logs, on_step=True, on_epoch=True)
         return total
 

@@ -69,7 +69,8 @@ class QAConvMatcher(nn.Module):
             raise ValueError(f"num_locations must be positive, got {num_locations}")
         self.num_locations = num_locations
         self.version = version
-        # Scalar BNs: one mean/var over every value, not per location (doc §12 item 3).
+        # Scalar BNs: one mean/var over every value, not per location (docs/methods/qaconv.md §12
+        # item 3).
         self.bn = nn.BatchNorm1d(1)
         self.fc = nn.Linear(num_locations if version == "2.1" else 2 * num_locations, 1)
         self.logit_bn = nn.BatchNorm1d(1)
@@ -245,7 +246,8 @@ class QAConvMatcher(nn.Module):
         """Distances for ``reidgen.eval``: ``(start, stop) -> Tensor[stop - start, G]``.
 
         ``d = 1 - sigmoid(score / 10)`` (QAConv <= 2.1). It ranks exactly as ``-score``, and unlike
-        ``-score`` it is what k-reciprocal re-ranking and TLift expect (doc §3.4, §12 item 17).
+        ``-score`` it is what k-reciprocal re-ranking and TLift expect (docs/methods/qaconv.md
+        §3.4, §12 item 17).
         Computed as ``sigmoid(-score / 10)``, the same value without the cancellation that would
         turn distinct large scores into tied distances of 0 in float32.
         """

@@ -33,10 +33,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
+from torchmetrics import MeanMetric
 
 from reidgen.data.samplers.graph import GraphSampler, nearest_classes
 from reidgen.distributed import world_size
 from reidgen.eval import DistanceFn
+from reidgen.eval.features import Features
 from reidgen.eval.rerank import RowsFn
 from reidgen.methods.base import ReIDMethod
 from reidgen.methods.qaconv.losses import ClassMemoryLoss, LossOutput
@@ -47,6 +49,8 @@ from reidgen.optim import LossAdaptiveSchedule
 log = logging.getLogger(__name__)
 
 ADAPTIVE_STATE_KEY = "qaconv_adaptive_schedule"
+MAPS = "maps"
+"""The feature part QAConv describes images with: ``[N, D, h, w]`` maps, unit norm over ``D``."""
 
 
 class QAConvMethod(ReIDMethod):
@@ -63,6 +67,7 @@ class QAConvMethod(ReIDMethod):
     :param adaptive_schedule: 2.1's loss-driven drop and stop, or None.
     :param eval_chunks: ``(queries, gallery items)`` per block of the evaluation matcher, or
         None for the matcher's defaults.
+    :param settings: passed to :class:`~reidgen.methods.base.ReIDMethod`.
     """
 
     def __init__(
@@ -79,8 +84,9 @@ class QAConvMethod(ReIDMethod):
         scheduler: Callable[[Optimizer], LRScheduler] | None = None,
         adaptive_schedule: LossAdaptiveSchedule | None = None,
         eval_chunks: Sequence[int] | None = None,
+        **settings: Any,
     ) -> None:
-        super().__init__(num_classes)
+        super().__init__(num_classes, **settings)
         if len(input_size) != 2:
             raise ValueError(f"input_size must be [height, width], got {list(input_size)}")
         if clip_grad_norm is not None and clip_grad_norm <= 0:
@@ -100,29 +106,37 @@ class QAConvMethod(ReIDMethod):
         self.clip_grad_norm = clip_grad_norm
         self.eval_chunks = tuple(eval_chunks) if eval_chunks else (None, None)
         self._epoch_loss: list[Tensor] = []
+        # The losses' own accuracies (of classes or of triplets), averaged over each epoch.
+        self.train_accuracy = MeanMetric()
 
     # ------------------------------------------------------------------ model
     def feature_maps(self, images: Tensor) -> Tensor:
         """``[B, 3, H, W] -> [B, D, h, w]``, unit norm over ``D`` at every location."""
         return self.network(images)
 
-    def extract(self, images: Tensor) -> Tensor:
+    def extract(self, images: Tensor) -> Features:
+        """The feature ``maps`` ``[B, D, h, w]`` (no plain embedding: query expansion and the
+        default distance do not apply)."""
         maps = self.feature_maps(images)
         # fp16 on CUDA, as the official evaluation: halves the memory of large galleries.
-        return maps.half() if maps.is_cuda else maps.float()
+        return Features({MAPS: maps.half() if maps.is_cuda else maps.float()})
 
-    def merge_flipped(self, features: Tensor, flipped_features: Tensor) -> Tensor:
+    def merge_flipped(self, features: Features, flipped_features: Features) -> Features:
         # A mirrored image gives a mirrored map: flip it back before averaging locations.
-        merged = features.float() + flipped_features.flip(dims=[3]).float()
-        return F.normalize(merged, dim=1).to(features.dtype)
+        maps, flipped = features[MAPS], flipped_features[MAPS]
+        merged = maps.float() + flipped.flip(dims=[3]).float()
+        return Features({MAPS: F.normalize(merged, dim=1).to(maps.dtype)})
 
-    def distance(self, query_features: Tensor, gallery_features: Tensor) -> DistanceFn:
+    def distance(self, query_features: Features, gallery_features: Features) -> DistanceFn:
         """``1 - sigmoid(score / 10)`` of the eval-mode matcher, in memory-bounded chunks."""
-        return self.matcher.distance_fn(query_features, gallery_features, *self.eval_chunks)
+        return self.matcher.distance_fn(
+            query_features[MAPS], gallery_features[MAPS], *self.eval_chunks
+        )
 
-    def rerank_rows(self, features: Tensor) -> RowsFn:
-        # Re-ranking takes QAConv's own [0, 1] distance (doc §9), not a Euclidean one.
-        return self.matcher.distance_fn(features, features, *self.eval_chunks)
+    def rerank_rows(self, features: Features) -> RowsFn:
+        # Re-ranking takes QAConv's own [0, 1] distance (docs/methods/qaconv.md §9), not a
+        # Euclidean one.
+        return self.matcher.distance_fn(features[MAPS], features[MAPS], *self.eval_chunks)
 
     # ------------------------------------------------------------------ training
     def compute_loss(self, maps: Tensor, labels: Tensor) -> LossOutput:
@@ -141,8 +155,9 @@ class QAConvMethod(ReIDMethod):
         maps = self.feature_maps(batch["image"])
         output = self.compute_loss(maps, batch["pid"])
         self._epoch_loss.append(output.loss.detach())
+        self.train_accuracy(output.accuracy)
         self.log_dict(
-            {"train/loss": output.loss, "train/accuracy": output.accuracy},
+            {"train/loss": output.loss, "train/accuracy": self.train_accuracy},
             on_step=True,
             on_epoch=True,
         )
@@ -219,7 +234,8 @@ class QAConvMethod(ReIDMethod):
         """The GS graph: for one image per class (``representatives``, dataset indices, row
         ``i`` = class ``i``), the ``num_neighbours`` classes with the highest QAConv scores,
         ``[P, num_neighbours]`` int64, from the current model in eval mode on test-transformed
-        images (doc §5.1). Identical on every DDP rank (rank 0's table is broadcast).
+        images (docs/methods/qaconv.md §5.1). Identical on every DDP rank (rank 0's table is
+        broadcast).
         """
         was_training = {module: module.training for module in self.modules()}
         self.eval()
@@ -227,7 +243,7 @@ class QAConvMethod(ReIDMethod):
             with torch.inference_mode(), self._precision_context():
                 maps = torch.cat(
                     [
-                        self.extract(batch["image"].to(self.device))
+                        self.extract(batch["image"].to(self.device))[MAPS]
                         for batch in datamodule.train_images(representatives)
                     ]
                 )

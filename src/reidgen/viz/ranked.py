@@ -1,0 +1,368 @@
+"""The ranked-list core of the method pictures: chosen queries of one test target, each with its
+gallery ranked by the method's own test distance, and the picture files.
+
+Every picture (:mod:`reidgen.viz.alignment`, :mod:`reidgen.viz.qaconv_matches`) shows a query
+with its top results as the evaluation ranks them; this module does all of it but the drawing:
+
+* :func:`target_dataset`: the test set of one target of a data config;
+* :func:`select_queries`: the chosen positions in the query set, checked;
+* :func:`extract_features`: a method's :class:`~reidgen.eval.features.Features` of a target's
+  images (``[n, ...]`` per part), batched, in eval and inference mode;
+* :func:`rank_gallery`: rows of a ``[Q, G]`` distance turned into ranked lists by the evaluation
+  protocol's rule (junk and the query's identity in the query's camera left out, ties in gallery
+  order, NaN last);
+* :func:`rank_queries`: the three composed, through ``method.distance``;
+* :func:`picture_paths`, :func:`write_png`: ``out_dir/query_<index>.png``, each written whole or
+  not at all, and never replacing an existing picture unless asked;
+* :func:`checkpoint_target`, :func:`print_pictures`: what the picture CLIs do first and last.
+"""
+
+from __future__ import annotations
+
+import operator
+import os
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import DataLoader, Subset
+
+from reidgen.data.datamodule import ReIDDataModule
+from reidgen.data.dataset import EvalDataset
+from reidgen.eval.features import Features
+from reidgen.eval.ranking import JUNK_PID
+from reidgen.eval.target import EvalTarget
+from reidgen.methods.base import ReIDMethod
+from reidgen.run_support import checkpoint_datamodule, load_method
+
+QUERY_CHUNK = 64
+"""Queries whose ``[chunk, G]`` distances are computed and ranked at a time."""
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """One query's ranked gallery.
+
+    :ivar query: the query's dataset index (= its position in the query set).
+    :ivar results: dataset indices of its best kept gallery items (at most ``top``), best first.
+    :ivar distances: their distances by the method's test distance (smaller = closer).
+    :ivar kept: how many gallery items were ranked (not left out).
+    """
+
+    query: int
+    results: tuple[int, ...]
+    distances: tuple[float, ...]
+    kept: int
+
+
+@dataclass(frozen=True)
+class RankedQueries:
+    """What :func:`rank_queries` found: the rankings and the features they came from.
+
+    :ivar rankings: one per query, in the order the queries were given.
+    :ivar query_features: ``[len(rankings), ...]`` per part, row ``i`` = ``rankings[i].query``.
+    :ivar gallery_features: ``[G, ...]`` per part, the whole gallery in gallery order.
+    :ivar num_query: the target's query count: gallery position = dataset index - ``num_query``.
+    """
+
+    rankings: list[Ranking]
+    query_features: Features
+    gallery_features: Features
+    num_query: int
+
+    def result_features(self, row: int) -> Features:
+        """The gallery features of ``rankings[row].results``, best first."""
+        positions = [index - self.num_query for index in self.rankings[row].results]
+        return self.gallery_features.rows(torch.tensor(positions, dtype=torch.long))
+
+
+@dataclass(frozen=True)
+class Picture:
+    """One written picture: its PNG file and the ranking it shows."""
+
+    path: Path
+    ranking: Ranking
+
+
+# ---------------------------------------------------------------------------------- the target
+def target_dataset(datamodule: ReIDDataModule, name: str | None) -> EvalDataset:
+    """The test set of target ``name`` of ``datamodule`` (its only target when ``None``); only
+    that target is indexed."""
+    names = datamodule.target_names
+    if name is None:
+        if len(names) != 1:
+            raise ValueError(
+                f"the data config has {len(names)} targets; choose one with target=<name>: "
+                f"{', '.join(names)}"
+            )
+        name = names[0]
+    elif name not in names:
+        raise ValueError(
+            f"unknown target {name!r}; the data config's targets are: {', '.join(names)} "
+            "(data.targets=[...] names others)"
+        )
+    # The other targets may be large, or absent on this machine.
+    datamodule.targets = [target for target in datamodule.targets if target.name == name]
+    datamodule.setup("test")
+    return datamodule.eval_sets[name]
+
+
+def select_queries(dataset: EvalDataset, queries: Iterable[int]) -> list[int]:
+    """``queries`` (positions in the query set = dataset indices) without repeats, in the order
+    given, after checking that ``dataset`` has a fixed query set and a gallery to rank."""
+    if dataset.protocol.pooled:
+        raise ValueError(
+            f"this target's protocol ({type(dataset.protocol).__name__}) draws query and gallery "
+            "from one pool itself: there is no fixed query set to picture"
+        )
+    # operator.index: a float position is a mistake, not something to round.
+    chosen = list(dict.fromkeys(operator.index(q) for q in queries))
+    if not chosen:
+        raise ValueError("no queries given (queries=[0,5] pictures the first and the sixth)")
+    num_query = dataset.num_query
+    outside = [q for q in chosen if not 0 <= q < num_query]
+    if outside:
+        valid = f"indices 0 to {num_query - 1}" if num_query else "none to choose"
+        raise IndexError(
+            f"query index {', '.join(map(str, outside))} out of range: the target has "
+            f"{num_query} queries ({valid})"
+        )
+    if len(dataset) == num_query:
+        raise ValueError("the target has no gallery to rank")
+    return chosen
+
+
+# ---------------------------------------------------------------------------------- ranking
+@contextmanager
+def inference(method: torch.nn.Module) -> Iterator[None]:
+    """Eval mode and ``torch.inference_mode`` for the block; afterwards every submodule gets its
+    own mode back (a training method may hold parts in eval mode, e.g. QAConv's frozen BN)."""
+    modes = {module: module.training for module in method.modules()}
+    method.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        for module, training in modes.items():
+            module.training = training
+
+
+def extract_features(
+    method: ReIDMethod,
+    dataset: EvalDataset,
+    indices: Sequence[int],
+    batch_size: int = 64,
+    num_workers: int = 0,
+) -> Features:
+    """``method.extract`` of ``dataset[indices]``, ``[len(indices), ...]`` per part, in order,
+    on the method's device (the test transform's images, no flip)."""
+    if not indices:
+        raise ValueError("no images to extract features of")
+    loader = DataLoader(
+        Subset(dataset, list(indices)), batch_size=batch_size, num_workers=num_workers
+    )
+    with inference(method):
+        return Features.cat([method.extract(batch["image"].to(method.device)) for batch in loader])
+
+
+def rank_gallery(
+    distances: Tensor,
+    target: EvalTarget,
+    queries: Sequence[int],
+    top: int | None = None,
+    exclude_same_camera: bool = True,
+) -> list[Ranking]:
+    """The ranked gallery of each of ``queries`` from its row of ``distances``.
+
+    As the evaluation protocols rank (``reidgen.eval.ranking``): gallery junk (pid -1) is left
+    out, and with ``exclude_same_camera`` so is the query's identity in the query's camera
+    (neither a right nor a wrong answer); the rest is sorted by distance, ties in gallery order,
+    NaN last.
+
+    :param distances: ``[len(queries), G]``, smaller = closer.
+    :param target: the identities and cameras, ``target.num_query`` queries first.
+    :param queries: the rows' dataset indices.
+    :param top: results kept per query (None: all).
+    """
+    num_query = target.num_query
+    if distances.shape != (len(queries), target.num_gallery):
+        raise ValueError(
+            f"distances must be [{len(queries)} queries, {target.num_gallery} gallery items], "
+            f"got {tuple(distances.shape)}"
+        )
+    if top is not None and top < 1:
+        raise ValueError(f"top must be at least 1, got {top}")
+    distances = distances.detach().cpu()
+    gallery_pids, gallery_camids = target.pids[num_query:], target.camids[num_query:]
+    junk = gallery_pids == JUNK_PID
+    rankings = []
+    for row, query in enumerate(queries):
+        left_out = junk
+        if exclude_same_camera:
+            same_camera = gallery_camids == target.camids[query]
+            left_out = junk | ((gallery_pids == target.pids[query]) & same_camera)
+        kept = (~left_out).nonzero().squeeze(1)
+        if kept.numel() == 0:
+            raise ValueError(f"every gallery item is left out for query {query}")
+        # Only kept items are sorted, so NaN distances rank last among them, as in evaluation.
+        order = kept[torch.sort(distances[row, kept], stable=True).indices][:top]
+        rankings.append(
+            Ranking(
+                query=query,
+                results=tuple(num_query + int(position) for position in order),
+                distances=tuple(distances[row, order].tolist()),
+                kept=kept.numel(),
+            )
+        )
+    return rankings
+
+
+def rank_queries(
+    method: ReIDMethod,
+    dataset: EvalDataset,
+    queries: Iterable[int],
+    top: int | None = None,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    exclude_same_camera: bool = True,
+) -> RankedQueries:
+    """Ranks ``dataset``'s gallery for each of ``queries`` (checked by :func:`select_queries`)
+    by ``method.distance`` of their :func:`extract_features` (see :func:`rank_gallery`).
+
+    The whole gallery's features are held at once, as in evaluation, because the method's
+    distance is defined on the whole gallery record.
+    """
+    chosen = select_queries(dataset, queries)
+    query_features = extract_features(method, dataset, chosen, batch_size, num_workers)
+    gallery = range(dataset.num_query, len(dataset))
+    gallery_features = extract_features(method, dataset, gallery, batch_size, num_workers)
+    target = dataset.target
+    rankings = []
+    with inference(method):
+        distance = method.distance(query_features, gallery_features)
+        for start in range(0, len(chosen), QUERY_CHUNK):
+            stop = min(start + QUERY_CHUNK, len(chosen))
+            rows = distance(start, stop).float()
+            rankings += rank_gallery(rows, target, chosen[start:stop], top, exclude_same_camera)
+    return RankedQueries(rankings, query_features, gallery_features, dataset.num_query)
+
+
+# ---------------------------------------------------------------------------------- the files
+def _refusal(paths: Sequence[Path]) -> str:
+    return (
+        f"not overwriting {', '.join(map(str, paths))}: write to another folder (out_dir=...), "
+        "or replace the pictures with overwrite=true"
+    )
+
+
+def picture_paths(
+    out_dir: str | Path, queries: Sequence[int], overwrite: bool = False
+) -> list[Path]:
+    """``out_dir/query_<index>.png`` per query. Unless ``overwrite``, a ``FileExistsError``
+    naming every picture already there, raised before anything is computed or written."""
+    paths = [Path(out_dir) / f"query_{query}.png" for query in queries]
+    existing = [path for path in paths if path.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(_refusal(existing))
+    return paths
+
+
+def write_png(picture: Image.Image, path: str | Path, overwrite: bool = False) -> Path:
+    """Writes ``picture`` as a PNG file at ``path`` (its folder created), atomically: it is
+    written to a temporary file in the same folder, then renamed, so no reader ever sees half a
+    picture and a failed write leaves neither a broken picture nor the temporary file.
+
+    :param overwrite: replace an existing file. Otherwise an existing file is a
+        ``FileExistsError``, also when it appears while the picture is written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Opened with "x" (not tempfile.mkstemp, whose files are private to their owner): the
+    # picture gets the permissions any new file of this user gets.
+    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(temp, "xb") as handle:
+            picture.save(handle, format="PNG")
+        if overwrite:
+            os.replace(temp, path)
+        else:
+            _publish_new(temp, path)
+    finally:
+        with suppress(FileNotFoundError):
+            temp.unlink()
+    return path
+
+
+def _publish_new(temp: Path, path: Path) -> None:
+    """Gives the written ``temp`` the name ``path`` unless that name is taken."""
+    try:
+        # A hard link is never made over an existing name, so a picture that appeared since
+        # picture_paths checked is not replaced either; the caller removes ``temp``.
+        os.link(temp, path)
+    except FileExistsError:
+        raise FileExistsError(_refusal([path])) from None
+    except OSError:
+        # A filesystem without hard links: check, then rename.
+        if path.exists():
+            raise FileExistsError(_refusal([path])) from None
+        os.replace(temp, path)
+
+
+# ---------------------------------------------------------------------------------- the CLIs
+@dataclass(frozen=True)
+class CheckpointTarget:
+    """What a picture CLI works on: the checkpoint's method, on its device, and the target.
+
+    :ivar queries: the chosen queries, checked by :func:`select_queries`.
+    :ivar batch_size, num_workers: the data config's evaluation loader settings.
+    """
+
+    method: ReIDMethod
+    dataset: EvalDataset
+    queries: list[int]
+    batch_size: int
+    num_workers: int
+
+
+def checkpoint_target(
+    cfg: DictConfig, check_method: Callable[[ReIDMethod, str], None]
+) -> CheckpointTarget:
+    """The picture CLIs' start (keys ``ckpt``, ``method_overrides``, ``device``, ``data``,
+    ``target``, ``queries`` of ``conf/viz_*.yaml``): rebuilds the checkpoint's method, lets
+    ``check_method(method, subject)`` refuse it before any data is read, and reads the target
+    with the checkpoint's test transform."""
+    overrides = OmegaConf.to_container(cfg.method_overrides, resolve=True)
+    method = load_method(cfg.ckpt, overrides=overrides)
+    check_method(method, "this checkpoint's method")
+    if cfg.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(cfg.device)
+    method.to(device)
+    datamodule = checkpoint_datamodule(cfg.data, method)
+    dataset = target_dataset(datamodule, cfg.target)
+    queries = list(cfg.queries) if OmegaConf.is_list(cfg.queries) else [cfg.queries]
+    return CheckpointTarget(
+        method,
+        dataset,
+        select_queries(dataset, queries),
+        datamodule.eval_batch_size,
+        datamodule.num_workers,
+    )
+
+
+def print_pictures(pictures: Sequence[Picture]) -> None:
+    """One line per picture: the query, the file and the results with their distances."""
+    for picture in pictures:
+        ranking = picture.ranking
+        results = ", ".join(
+            f"{index} ({distance:.4f})"
+            for index, distance in zip(ranking.results, ranking.distances, strict=True)
+        )
+        print(f"query {ranking.query}: {picture.path}  results: {results}")
