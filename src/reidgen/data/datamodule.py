@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from reidgen.data.dataset import EvalDataset, TrainDataset, Transform
-from reidgen.data.sample import Sample, Splits
+from reidgen.data.sample import Splits
 from reidgen.data.samplers import EpochTaggedSampler, RandomIdentitySampler, ShardSampler
 from reidgen.data.sources import DatasetSource
 from reidgen.data.training_set import (
@@ -33,26 +33,17 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def relabel(
-    train_sets: Sequence[Splits], domains: Sequence[int] | None = None
-) -> tuple[list[Sample], list[int], dict[tuple[str, int], int]]:
-    """Merges training splits; pids become 0..N-1 over the union, keyed by (dataset, pid).
+def relabel(train_sets: Sequence[Splits]) -> dict[tuple[str, int], int]:
+    """Training labels of the identities of labelled splits: ``(dataset, pid) -> 0..N-1``.
 
     The key includes the dataset name, so pid 1 of two sources are two identities. Keys are sorted,
-    so the labels are the same on every process. Each sample's ``domain`` is ``domains[i]`` for
-    the i-th split (default: its position).
+    so the labels are the same on every process and whatever the order of the splits.
     """
     names = [splits.name for splits in train_sets]
     if len(set(names)) != len(names):
         raise ValueError(f"training sources must have distinct names, got {names}")
-    domains = list(range(len(train_sets))) if domains is None else list(domains)
-    samples = [
-        replace(sample, domain=domain)
-        for domain, splits in zip(domains, train_sets, strict=True)
-        for sample in splits.train
-    ]
-    label_of = {key: i for i, key in enumerate(sorted({(s.dataset, s.pid) for s in samples}))}
-    return samples, [label_of[(s.dataset, s.pid)] for s in samples], label_of
+    keys = sorted({(s.dataset, s.pid) for splits in train_sets for s in splits.train})
+    return {key: i for i, key in enumerate(keys)}
 
 
 class ReIDDataModule(pl.LightningDataModule):
@@ -232,7 +223,7 @@ class ReIDDataModule(pl.LightningDataModule):
                         f"{', '.join(sorted(offered)) or 'no extra fields'}"
                     )
         loaded = {source.name: self._load(source) for source in self.sources}
-        _, _, self.label_of = relabel([loaded[s.name] for s in labelled])
+        self.label_of = relabel([loaded[s.name] for s in labelled])
         self.pool = []
         for position, source in enumerate(self.sources):
             samples = tuple(replace(s, domain=position) for s in loaded[source.name].train)
