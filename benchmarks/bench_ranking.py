@@ -24,7 +24,17 @@ through ``/proc/self/clear_refs`` (Linux), and the reported peak is VmHWM after 
 minus VmRSS before it: everything the evaluation (and the distance callable) allocated, nothing
 from generating the inputs. torch's CPU allocator returns large blocks to the OS, so RSS sees it.
 
-    .venv/bin/python benchmarks/bench_ranking.py [--skip-msmt] [--repeat 3]
+Three distance distributions per size (``--dists``), since the rank-free evaluation used to be
+fast only when positives sit near the top of their lists:
+
+* ``realistic``: the trained-model features above (noise 3);
+* ``weak``: the same layout with noise 4.5, as a weak cross-domain model gives (mAP ~5-15 %):
+  positives only slightly closer than negatives, the last one usually deep in the list;
+* ``random``: uniform random distances, no signal at all (seeded per chunk of rows).
+
+Every case prints the ratio against the full stable sort measured in the same run.
+
+    .venv/bin/python benchmarks/bench_ranking.py [--sizes market msmt] [--dists ...] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -46,6 +56,8 @@ from reidgen.eval import evaluate_ranking
 TARGET_SECONDS = {"market": 1.0, "msmt": 30.0}
 TARGET_PEAK_MB = {"msmt": 2048.0}
 NOISE, CAM_BIAS = 3.0, 0.5  # per-dimension std of image noise and camera bias (centres: 1)
+NOISE_BY_DIST = {"realistic": NOISE, "weak": 4.5}  # "random" needs no features
+DISTS = ("realistic", "weak", "random")
 NUMPY_EVERY = 10  # the numpy reference ranks every 10th Market query
 MSMT_PREVIOUS_QUERIES = 512  # the previous implementation ranks this many MSMT queries
 
@@ -76,7 +88,7 @@ class Problem:
     g_cams: np.ndarray
 
 
-def make_problem(spec: Spec, dim: int, seed: int = 0) -> Problem:
+def make_problem(spec: Spec, dim: int, seed: int = 0, noise: float = NOISE) -> Problem:
     """Seeded query/gallery ids and features with a Market-like layout (see the module doc)."""
     rng = np.random.default_rng(seed)
     ids = np.arange(1, spec.num_ids + 1)
@@ -101,7 +113,7 @@ def make_problem(spec: Spec, dim: int, seed: int = 0) -> Problem:
     cam_bias = CAM_BIAS * torch.randn(spec.num_cams, dim, generator=gen)
 
     def features(pids: np.ndarray, cams: np.ndarray) -> Tensor:
-        out = NOISE * torch.randn(len(pids), dim, generator=gen)
+        out = noise * torch.randn(len(pids), dim, generator=gen)
         own = pids >= 1
         out[torch.from_numpy(own)] += centres[torch.from_numpy(pids[own])]
         out[torch.from_numpy(~own)] += torch.randn(int((~own).sum()), dim, generator=gen)
@@ -111,6 +123,21 @@ def make_problem(spec: Spec, dim: int, seed: int = 0) -> Problem:
     return Problem(
         features(q_pids, q_cams), features(g_pids, g_cams), q_pids, q_cams, g_pids, g_cams
     )
+
+
+class TimedRandom:
+    """``distance(start, stop)``: uniform random rows, seeded by ``start``; sums its time."""
+
+    def __init__(self, num_gallery: int) -> None:
+        self.num_gallery = num_gallery
+        self.seconds = 0.0
+
+    def __call__(self, start: int, stop: int) -> Tensor:
+        begin = time.perf_counter()
+        gen = torch.Generator().manual_seed(start)
+        rows = torch.rand(stop - start, self.num_gallery, generator=gen)
+        self.seconds += time.perf_counter() - begin
+        return rows
 
 
 class TimedCosine:
@@ -219,14 +246,23 @@ def timed(fn: Callable[[], dict[str, float]], repeat: int) -> tuple[float, dict[
     return best, result
 
 
-def run_case(name: str, dim: int, repeat: int) -> dict:
+def run_case(name: str, dist_kind: str, dim: int, repeat: int) -> dict:
     """Generate one problem, time evaluate_ranking and the references; all in this process."""
     spec = SPECS[name]
-    p = make_problem(spec, dim)
+    # The random case keeps the ids (and so the protocol) of the others; its features go unused.
+    p = make_problem(
+        spec, 8 if dist_kind == "random" else dim, noise=NOISE_BY_DIST.get(dist_kind, NOISE)
+    )
     ids = (p.q_pids, p.q_cams, p.g_pids, p.g_cams)
-    out: dict = {"case": name, "shape": [spec.num_query, spec.num_gallery], "dim": dim}
+    out: dict = {"case": name, "dist": dist_kind, "shape": [spec.num_query, spec.num_gallery]}
+    out["dim"] = 0 if dist_kind == "random" else dim
+    make_distance = (
+        (lambda: TimedRandom(spec.num_gallery))
+        if dist_kind == "random"
+        else (lambda: TimedCosine(p.query, p.gallery))
+    )
     if name == "market":
-        dist = TimedCosine(p.query, p.gallery)(0, spec.num_query)  # precomputed, untimed
+        dist = make_distance()(0, spec.num_query)  # precomputed, untimed
         before = reset_peak_rss()
         seconds, metrics = timed(lambda: evaluate_ranking(dist, *ids), repeat)
         out.update(seconds=seconds, distance_seconds=0.0, peak_mb=(peak_rss() - before) / 2**20)
@@ -242,7 +278,7 @@ def run_case(name: str, dim: int, repeat: int) -> dict:
         out.update(numpy_seconds=numpy_seconds * scale, numpy_scale=scale)
         out["numpy_agrees"] = same_metrics(numpy_metrics, evaluate_ranking(dist[rows], *subset))
     else:
-        distance = TimedCosine(p.query, p.gallery)
+        distance = make_distance()
         before = reset_peak_rss()
         total, metrics = timed(lambda: evaluate_ranking(distance, *ids), repeat)
         distance_seconds = distance.seconds / repeat
@@ -264,7 +300,8 @@ def report(result: dict) -> None:
     name, (num_q, num_g) = result["case"], result["shape"]
     seconds, target = result["seconds"], TARGET_SECONDS[name]
     m = result["metrics"]
-    print(f"\n{name}: {num_q:,} queries x {num_g:,} gallery ({result['dim']}-d features)")
+    features = f"{result['dim']}-d features" if result["dim"] else "uniform random distances"
+    print(f"\n{name}, {result['dist']}: {num_q:,} queries x {num_g:,} gallery ({features})")
     print(
         f"  metrics: rank1 {m['rank1']:.2f}  mAP {m['mAP']:.2f}  mINP {m['mINP']:.2f}  "
         f"valid {m['num_valid_queries']}  skipped {m['num_skipped_queries']}"
@@ -277,7 +314,7 @@ def report(result: dict) -> None:
     how = f" ({num_q / scale:.0f} queries, x {scale:.1f})" if scale != 1 else ""
     print(
         f"  previous torch full stable sort: {result['previous_seconds']:.2f} s{how}  "
-        f"-> {result['previous_seconds'] / seconds:.1f}x faster; "
+        f"-> ratio {result['previous_seconds'] / seconds:.1f}x; "
         f"same metrics: {result['previous_agrees']}"
     )
     if "numpy_seconds" in result:
@@ -299,24 +336,30 @@ def report(result: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--skip-msmt", action="store_true", help="Market size only (~30 s)")
+    parser.add_argument("--skip-msmt", action="store_true", help="same as --sizes market")
+    parser.add_argument("--sizes", nargs="+", choices=sorted(SPECS), default=["market", "msmt"])
+    parser.add_argument("--dists", nargs="+", choices=DISTS, default=list(DISTS))
     parser.add_argument("--repeat", type=int, default=3, help="timings per case; best is kept")
     parser.add_argument("--msmt-repeat", type=int, default=1, help="timings of the MSMT case")
     parser.add_argument("--dim", type=int, default=2048, help="feature dimension")
     parser.add_argument("--case", choices=sorted(SPECS), help=argparse.SUPPRESS)  # subprocess
+    parser.add_argument("--dist", choices=DISTS, help=argparse.SUPPRESS)  # subprocess
     args = parser.parse_args()
     if args.case:
         repeat = args.msmt_repeat if args.case == "msmt" else args.repeat
-        print(json.dumps(run_case(args.case, args.dim, repeat)))
+        print(json.dumps(run_case(args.case, args.dist, args.dim, repeat)))
         return
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    for name in ["market"] if args.skip_msmt else ["market", "msmt"]:
-        # A fresh process per case, so that one case's memory does not hide the next one's.
-        command = [sys.executable, __file__, "--case", name, "--dim", str(args.dim)]
-        command += ["--repeat", str(args.repeat), "--msmt-repeat", str(args.msmt_repeat)]
-        done = subprocess.run(command, check=True, capture_output=True, text=True)
-        report(json.loads(done.stdout.splitlines()[-1]))
+    sizes = ["market"] if args.skip_msmt else args.sizes
+    for name in sizes:
+        for dist_kind in args.dists:
+            # A fresh process per case, so that one case's memory does not hide the next one's.
+            command = [sys.executable, __file__, "--case", name, "--dist", dist_kind]
+            command += ["--dim", str(args.dim), "--repeat", str(args.repeat)]
+            command += ["--msmt-repeat", str(args.msmt_repeat)]
+            done = subprocess.run(command, check=True, capture_output=True, text=True)
+            report(json.loads(done.stdout.splitlines()[-1]))
 
 
 if __name__ == "__main__":

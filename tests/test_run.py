@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -20,19 +22,22 @@ from reidgen.methods.base import METRIC_KEYS
 QUICK = ["experiment=quick", "hardware=cpu", "trainer.precision=32-true"]
 
 
-def run_module(
-    module: str, args: list[str], data_dir: Path, log_dir: Path, check: bool = True
-) -> subprocess.CompletedProcess[str]:
-    env = {
+def module_env(data_dir: Path, log_dir: Path) -> dict[str, str]:
+    return {
         **os.environ,
         "REIDGEN_DATA_DIR": str(data_dir),
         "REIDGEN_LOG_DIR": str(log_dir),
         "WANDB_SILENT": "true",
         "PYTHONUNBUFFERED": "1",
     }
+
+
+def run_module(
+    module: str, args: list[str], data_dir: Path, log_dir: Path, check: bool = True
+) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
         [sys.executable, "-m", module, *args],
-        env=env,
+        env=module_env(data_dir, log_dir),
         capture_output=True,
         text=True,
         timeout=600,
@@ -119,6 +124,67 @@ def test_resume_continues_exactly(
     assert last_continued["global_step"] == last_uninterrupted["global_step"]
     for name, tensor in last_uninterrupted["state_dict"].items():
         assert torch.equal(tensor, last_continued["state_dict"][name]), name
+
+
+def finished_epoch(checkpoint: Path) -> int | None:
+    """The epoch index a ``last.ckpt`` was saved at the end of, None while there is none."""
+    try:
+        return int(torch.load(checkpoint, weights_only=False)["epoch"])
+    except FileNotFoundError:
+        return None
+
+
+def kill_after_epoch(args: list[str], epoch: int, data_dir: Path, log_dir: Path) -> Path:
+    """Starts ``reidgen.run``, kills it with SIGKILL as soon as its ``last.ckpt`` records the end
+    of epoch index ``epoch``, and returns that checkpoint (read again after the kill)."""
+    log_dir.mkdir(parents=True)
+    output = log_dir / "output.txt"
+    with output.open("wb") as sink:
+        # Into a file, not a pipe nobody reads: a full pipe would block the run.
+        process = subprocess.Popen(
+            [sys.executable, "-m", "reidgen.run", *args],
+            env=module_env(data_dir, log_dir),
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 600
+        seen: tuple[Path, float] | None = None
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"the run ended before it was killed:\n{output.read_text()[-5000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"no last.ckpt of epoch {epoch} in time:\n{output.read_text()[-5000:]}")
+            found = list(log_dir.glob("runs/*/checkpoints/last.ckpt"))
+            if found and (found[0], found[0].stat().st_mtime) != seen:
+                seen = (found[0], found[0].stat().st_mtime)
+                if finished_epoch(found[0]) == epoch:
+                    break
+            time.sleep(0.2)
+    finally:
+        process.kill()
+        process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+    checkpoint = found[0]
+    # An epoch takes seconds, the poll a fraction of one: the next epoch cannot have ended.
+    assert finished_epoch(checkpoint) == epoch
+    assert not (checkpoint.parent.parent / "metrics.json").exists()
+    return checkpoint
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_from_its_last_epoch(tmp_path: Path, synth_data_dir: Path) -> None:
+    # Validation only at the end, as in the default config: the checkpoints must not wait for it.
+    args = [*QUICK, "trainer.max_epochs=3", "trainer.check_val_every_n_epoch=3"]
+    checkpoint = kill_after_epoch(args, 1, synth_data_dir, tmp_path / "killed")
+    run_module(
+        "reidgen.run", [*args, f"ckpt_path={checkpoint}"], synth_data_dir, tmp_path / "resumed"
+    )
+    run_module("reidgen.run", args, synth_data_dir, tmp_path / "uninterrupted")
+    resumed = metrics_of(only_run(tmp_path / "resumed"))
+    uninterrupted = metrics_of(only_run(tmp_path / "uninterrupted"))
+    assert resumed["epochs"] == uninterrupted["epochs"] == 3
+    assert resumed["metrics"] == uninterrupted["metrics"]
 
 
 @pytest.mark.slow

@@ -100,3 +100,74 @@ def test_overrides_must_be_keys_of_the_stored_config(tmp_path: Path) -> None:
     assert load_method(path, overrides={"neck_feat": "before"}).neck_feat == "before"
     with pytest.raises(KeyError, match=r"\['neck_fet'\] are not keys"):
         load_method(path, overrides={"neck_fet": "before"})
+
+
+def _save(path: Path, method, **hyper) -> Path:
+    """What Lightning's checkpoint connector stores for ``method``, hyper-parameters replaced."""
+    torch.save(
+        {"state_dict": method.state_dict(), "hyper_parameters": {**method.hparams, **hyper}}, path
+    )
+    return path
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"hello\n",  # UnpicklingError
+        b"garbage 123\n",  # ValueError: invalid literal for int() with base 10
+        b"",  # EOFError
+        b"PK\x03\x04 a truncated zip",  # a zip header torch cannot open
+    ],
+)
+def test_load_method_names_a_file_that_is_not_a_checkpoint(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "notes.ckpt"
+    path.write_bytes(content)
+    with pytest.raises(
+        ValueError, match="is not a reidgen checkpoint: torch.load cannot read"
+    ) as error:
+        load_method(path)
+    assert str(path) in str(error.value)
+
+
+def test_load_method_rejects_a_torch_file_without_reidgen_entries(tmp_path: Path) -> None:
+    path = tmp_path / "weights.pt"
+    torch.save(build_method(METHOD_CONFIG, 5).state_dict(), path)  # bare weights, no hyper-params
+    with pytest.raises(
+        ValueError, match="weights.pt is not a reidgen checkpoint.*hyper-parameters"
+    ):
+        load_method(path)
+    torch.save({"hyper_parameters": {"config": METHOD_CONFIG, "num_classes": 5}}, path)
+    with pytest.raises(ValueError, match="weights.pt is not a reidgen checkpoint.*state_dict"):
+        load_method(path)
+
+
+def test_load_method_names_a_method_that_cannot_be_rebuilt(tmp_path: Path) -> None:
+    method = build_method(METHOD_CONFIG, 5)
+    config = {**METHOD_CONFIG, "_target_": "reidgen.methods.no_such_method.Method"}
+    path = _save(tmp_path / "other.ckpt", method, config=config)
+    with pytest.raises(ValueError, match="cannot rebuild its method") as error:
+        load_method(path)
+    assert str(path) in str(error.value) and "no_such_method" in str(error.value)
+
+
+def test_load_method_names_weights_of_another_method_config(tmp_path: Path) -> None:
+    # Weights of a GeM-pooled baseline under the stored config of an average-pooled one: the
+    # GeM exponent is an entry the rebuilt method does not have.
+    gem = {**METHOD_CONFIG, "pooling": {"_target_": "reidgen.models.GeMPool"}}
+    path = _save(tmp_path / "gem.ckpt", build_method(gem, 5), config=METHOD_CONFIG)
+    with pytest.raises(ValueError, match=r"do not fit.*unexpected: pooling\.p") as error:
+        load_method(path)
+    assert str(path) in str(error.value)
+    # And the other way round: an entry the method needs is missing.
+    path = _save(tmp_path / "avg.ckpt", build_method(METHOD_CONFIG, 5), config=gem)
+    with pytest.raises(ValueError, match=r"do not fit.*missing: pooling\.p"):
+        load_method(path)
+
+
+def test_load_method_names_a_class_count_mismatch(tmp_path: Path) -> None:
+    path = _save(tmp_path / "seven.ckpt", build_method(METHOD_CONFIG, 7), num_classes=5)
+    with pytest.raises(ValueError, match="num_classes=5") as error:
+        load_method(path)
+    message = str(error.value)
+    assert str(path) in message
+    assert "head.classifier.weight (7, 512) in the checkpoint, (5, 512) in the method" in message

@@ -27,10 +27,12 @@ from reidgen.run_support import (
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    run_dir = start_run(cfg)
+    # The checkpoint is read before the run folder gets its config.yaml: a file that is not a
+    # reidgen checkpoint fails here (ValueError naming it), leaving no record of a run.
     method = load_method(
         cfg.ckpt, overrides=OmegaConf.to_container(cfg.method_overrides), evaluation=cfg.eval
     )
+    run_dir = start_run(cfg)
     datamodule = checkpoint_datamodule(cfg.data, method)
     datamodule.setup("test")
     trainer: pl.Trainer = instantiate(cfg.trainer, logger=False, callbacks=[])

@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from reidgen import resolvers
+from reidgen.checkpointing import AtomicCheckpointIO, LastCheckpoint
 from reidgen.data.datamodule import ReIDDataModule
 from reidgen.run_support import (
     build_loggers,
@@ -45,7 +46,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     checkpoints = run_dir / "checkpoints"
     callbacks = [
-        ModelCheckpoint(dirpath=checkpoints, save_last=True, save_top_k=0),
         ModelCheckpoint(
             dirpath=checkpoints,
             filename="best-{epoch}",
@@ -53,9 +53,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             mode="max",
             save_top_k=cfg.checkpoint.save_top_k,
         ),
+        # After the best one, so last.ckpt holds its state after the epoch.
+        LastCheckpoint(checkpoints),
     ]
     loggers = build_loggers(cfg)
-    trainer: pl.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer,
+        logger=loggers or False,
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
+    )
     failed = True
     try:
         trainer.fit(method, datamodule=datamodule, ckpt_path=cfg.ckpt_path)

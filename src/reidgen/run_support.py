@@ -68,14 +68,35 @@ def load_method(
 ) -> ReIDMethod:
     """Rebuilds a method from a reidgen checkpoint alone: its config and weights, no data.
 
+    :param path: a checkpoint written by ``reidgen.run`` (Lightning's, with the method's
+        ``hyper_parameters``: ``config``, ``num_classes``, ``evaluation``, ``test_transform``).
+    :param map_location: where the weights are loaded.
     :param overrides: test-time changes to the stored method config, e.g.
         ``{"test_distance": "global_local"}``; only keys the config already has (typos fail).
     :param evaluation: test-time options replacing the stored ones (None keeps them).
+
+    :returns: the method, with the checkpoint's weights.
+
+    :raises FileNotFoundError: if ``path`` is not a file.
+    :raises ValueError: naming ``path``, if it is not a reidgen checkpoint (torch cannot read it,
+        or it lacks the method's hyper-parameters or weights), if its stored method cannot be
+        rebuilt, or if its weights do not fit the rebuilt method (missing or unexpected entries,
+        other shapes, e.g. another class count than the stored ``num_classes``).
+    :raises KeyError: for ``overrides`` that are not keys of the stored method config.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as error:
+        # torch.load fails on foreign files with whatever the unpickler or the zip reader hits
+        # first (UnpicklingError, EOFError, ValueError "invalid literal for int()", BadZipFile,
+        # RuntimeError, ...): none of them says what is wrong with the file.
+        raise ValueError(
+            f"{path} is not a reidgen checkpoint: torch.load cannot read it "
+            f"({type(error).__name__}: {error})"
+        ) from error
     hyper = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
     if not isinstance(hyper, Mapping) or any(
         hyper.get(key) is None for key in _REQUIRED_HYPERPARAMETERS
@@ -83,6 +104,15 @@ def load_method(
         raise ValueError(
             f"{path} is not a reidgen checkpoint (its hyper-parameters lack "
             f"{' and '.join(_REQUIRED_HYPERPARAMETERS)})"
+        )
+    state = checkpoint.get("state_dict")
+    if not isinstance(state, Mapping):
+        raise ValueError(f"{path} is not a reidgen checkpoint (it has no state_dict of weights)")
+    if not isinstance(hyper["config"], Mapping) or not isinstance(hyper["num_classes"], int):
+        raise ValueError(
+            f"{path} is not a reidgen checkpoint (its hyper-parameters hold config="
+            f"{type(hyper['config']).__name__}, num_classes={hyper['num_classes']!r}; expected a "
+            f"method config with _target_ and an integer)"
         )
     config = dict(hyper["config"])
     if overrides:
@@ -93,14 +123,59 @@ def load_method(
                 f"it has: {', '.join(sorted(k for k in config if not k.startswith('_')))}"
             )
         config = {**config, **overrides}
-    method = build_method(
-        config,
-        hyper["num_classes"],
-        evaluation=hyper.get("evaluation") if evaluation is None else evaluation,
-        test_transform=hyper.get("test_transform"),
-    )
-    method.load_state_dict(checkpoint["state_dict"])
+    target = config.get("_target_")
+    try:
+        method = build_method(
+            config,
+            hyper["num_classes"],
+            evaluation=hyper.get("evaluation") if evaluation is None else evaluation,
+            test_transform=hyper.get("test_transform"),
+        )
+    except Exception as error:
+        raise ValueError(
+            f"checkpoint {path}: cannot rebuild its method {target!r}"
+            f"{' with the overrides ' + str(dict(overrides)) if overrides else ''} "
+            f"({type(error).__name__}: {error})"
+        ) from error
+    differences = _state_differences(state, method.state_dict())
+    if differences:
+        raise ValueError(
+            f"checkpoint {path}: its weights do not fit the method {target!r} rebuilt from its "
+            f"config with num_classes={hyper['num_classes']} (written by another method config "
+            f"or version?): {differences}"
+        )
+    try:
+        method.load_state_dict(state)
+    except RuntimeError as error:
+        raise ValueError(
+            f"checkpoint {path}: its weights do not load into the method {target!r}: {error}"
+        ) from error
     return method
+
+
+def _state_differences(stored: Mapping[str, Any], expected: Mapping[str, Any]) -> str:
+    """The first missing and unexpected entries and shape mismatches of a state dict, in words;
+    empty when ``stored`` fits ``expected``."""
+    missing = [key for key in expected if key not in stored]
+    unexpected = [key for key in stored if key not in expected]
+    shapes = [
+        f"{key} {tuple(stored[key].shape)} in the checkpoint, {tuple(value.shape)} in the method"
+        for key, value in expected.items()
+        if key in stored
+        and isinstance(value, torch.Tensor)
+        and isinstance(stored[key], torch.Tensor)
+        and stored[key].shape != value.shape
+    ]
+    parts = []
+    for label, items in (
+        ("missing", missing),
+        ("unexpected", unexpected),
+        ("other shapes", shapes),
+    ):
+        if items:
+            more = f"; ... ({len(items)} in all)" if len(items) > 3 else ""
+            parts.append(f"{label}: {'; '.join(items[:3])}{more}")
+    return " | ".join(parts)
 
 
 def checkpoint_datamodule(data: DictConfig, method: ReIDMethod) -> ReIDDataModule:

@@ -33,7 +33,7 @@ class FixedDistance:
     def distance(self, query_features: Tensor, gallery_features: Tensor) -> DistanceFn:
         return lambda start, stop: self.query_gallery[start:stop]
 
-    def rerank_rows(self, features: Tensor) -> RowsFn:
+    def rerank_rows(self, features: Tensor, num_query: int) -> RowsFn:
         assert self.all_pairs is not None
         return lambda start, stop: self.all_pairs[start:stop]
 
@@ -140,7 +140,11 @@ def test_rerank_then_tlift_is_tlift_of_the_reranked_distance() -> None:
         timestamps=times,
     )
     reranked = rerank(
-        method.rerank_rows(Features.embedding(features)), num_query, 6, 3, num_total=len(features)
+        method.rerank_rows(Features.embedding(features), num_query),
+        num_query,
+        6,
+        3,
+        num_total=len(features),
     )
     distance = lifted(reranked(0, num_query), camids, times, num_query)
     assert without_flag(metrics) == ranked(distance, pids, camids, num_query)
@@ -320,7 +324,9 @@ def test_finish_eval_passes_each_targets_timestamps(
     times = torch.tensor([s.timestamp for s in samples], dtype=torch.float64)
     num_query = len(splits.query)
     reranked = rerank(
-        method.rerank_rows(Features.embedding(features)), num_query, num_total=len(features)
+        method.rerank_rows(Features.embedding(features), num_query),
+        num_query,
+        num_total=len(features),
     )(0, num_query)
     expected = ranked(lifted(reranked, camids, times, num_query), pids, camids, num_query)
     unlifted = ranked(reranked, pids, camids, num_query)

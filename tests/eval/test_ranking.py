@@ -315,3 +315,72 @@ def test_large_integer_distances_are_not_rounded() -> None:
     dist = torch.tensor([[big + 2, big + 1, big + 3]])
     result = evaluate_ranking(dist, [1], [0], [1, 2, 2], [1, 1, 1], ranks=(1, 2))
     assert (result["rank1"], result["rank2"], result["mAP"]) == (0.0, 100.0, 50.0)
+
+
+def adversarial_problem(seed: int, kind: str) -> tuple[np.ndarray, ...]:
+    """30 queries x 90 gallery items laid out to stress the rank-free counting.
+
+    The gallery interleaves, item by item, junk (pid -1), distractors (pid 0), items of the
+    queries' pids in the queries' cameras (removed) and in other cameras (positives). ``kind``
+    picks the distances: ``"random"`` (continuous), ``"ties"`` (integers 0..2: ties between
+    positives, negatives, junk and removed items everywhere), ``"positives_last"`` and
+    ``"positives_first"`` (every same-pid item behind, or ahead of, every other item),
+    ``"equal"`` (every row constant: the ranked list is the gallery order) and ``"nan_last"``
+    (positives at NaN or +inf, negatives tied at the same finite value).
+    """
+    rng = np.random.default_rng(seed)
+    num_q, num_g, num_pids = 30, 90, 6
+    q_pids = rng.integers(1, num_pids + 1, size=num_q)
+    q_cams = rng.integers(0, 2, size=num_q)  # cameras 0 and 1; the gallery also has 2 and 3
+    pattern = np.arange(num_g) % 5
+    g_pids = np.where(pattern == 0, -1, np.where(pattern == 1, 0, rng.integers(1, 7, num_g)))
+    g_cams = np.where(pattern == 2, rng.integers(0, 2, num_g), rng.integers(0, 4, num_g))
+    same_pid = q_pids[:, None] == g_pids[None, :]
+    shape = (num_q, num_g)
+    if kind == "random":
+        dist = rng.random(shape)
+    elif kind == "ties":
+        dist = rng.integers(0, 3, size=shape).astype(np.float64)
+    elif kind == "positives_last":
+        dist = rng.random(shape) + np.where(same_pid, 2.0, 0.0)
+    elif kind == "positives_first":
+        dist = rng.random(shape) + np.where(same_pid, 0.0, 2.0)
+    elif kind == "equal":
+        dist = np.broadcast_to(rng.random((num_q, 1)), shape).copy()
+    else:
+        dist = np.where(same_pid, rng.choice([np.nan, np.inf], size=shape), 1.0)
+    return dist.astype(np.float32), q_pids, q_cams, g_pids, g_cams
+
+
+@pytest.mark.parametrize("dense_fraction", [0.0, 2.0])  # always or never binned in place
+@pytest.mark.parametrize(
+    "kind", ["random", "ties", "positives_last", "positives_first", "equal", "nan_last"]
+)
+def test_matches_brute_force_on_adversarial_distances(
+    kind: str, dense_fraction: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ranking, "_DENSE_FRACTION", dense_fraction)
+    dist, *ids = adversarial_problem(seed=5, kind=kind)
+    ranks = (1, 3, 10, 100)
+    expected = reference_ranking(dist, *ids, ranks=ranks)
+    tensor = torch.from_numpy(dist)
+    for chunk_size in (1, 4, None):
+        by_tensor = evaluate_ranking(tensor, *ids, chunk_size=chunk_size, ranks=ranks)
+        assert_metrics_close(by_tensor, expected)
+        by_callable = evaluate_ranking(
+            lambda a, b: tensor[a:b].clone(), *ids, chunk_size=chunk_size, ranks=ranks
+        )
+        assert by_callable == by_tensor
+
+
+@pytest.mark.parametrize("kind", ["random", "ties", "positives_last"])
+def test_dense_scan_splits_blocks_and_groups_alike(
+    kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A budget this small cuts the in-place binning into blocks of a row or two and its items
+    # into many groups, each finished on its own.
+    dist, *ids = adversarial_problem(seed=6, kind=kind)
+    expected = reference_ranking(dist, *ids)
+    monkeypatch.setattr(ranking, "_DENSE_FRACTION", 0.0)
+    monkeypatch.setattr(ranking, "MEMORY_BUDGET", 2_000)
+    assert_metrics_close(evaluate_ranking(torch.from_numpy(dist), *ids, chunk_size=8), expected)

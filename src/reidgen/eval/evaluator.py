@@ -36,12 +36,13 @@ class Comparison:
 
     :param distance: ``(query, gallery) -> DistanceFn``, the test distance computed a chunk of
         queries at a time (smaller = more similar).
-    :param rerank_input: ``features -> RowsFn``, the distances among all N samples as re-ranking
-        expects them (plain, not squared), ``rows(start, stop) -> Tensor[stop - start, N]``.
+    :param rerank_input: ``(features, num_query) -> RowsFn``, the distances among all N samples
+        (queries first) as re-ranking takes them (plain: it squares them), ``rows(start, stop) ->
+        Tensor[stop - start, N]``.
     """
 
     distance: Callable[[Features, Features], DistanceFn]
-    rerank_input: Callable[[Features], RowsFn]
+    rerank_input: Callable[[Features, int], RowsFn]
 
 
 class Evaluator:
@@ -155,7 +156,7 @@ class Evaluator:
         else:
             if self.rerank:
                 distance = rerank(
-                    comparison.rerank_input(features),
+                    comparison.rerank_input(features, num_query),
                     num_query,
                     self.k1,
                     self.k2,

@@ -33,6 +33,11 @@ a positive's rank is one plus the number of kept items that precede it. Per quer
 3. *Exact comparison*: only the few candidates that share a bin with a positive are compared
    with it exactly (distance, then gallery index), all at once after the last chunk.
 
+When candidates are most of a chunk (positives deep in the lists: a weak model, or no signal),
+step 1's compaction costs more than it saves; such a chunk is binned in place instead, a block
+of rows at a time into int32 keys, and only the items in a positive's bin are extracted
+(:func:`_scan_dense`). Both ways give the same counts.
+
 Monotonicity is all that correctness needs, so how the map rounds does not matter: it only
 decides how many candidates get the exact comparison. The map is a subtraction and a
 multiplication in two separate ops, each correctly rounded, so no fused multiply-add in one code
@@ -47,7 +52,7 @@ has a fixed cost. ``benchmarks/bench_ranking.py`` measures speed and memory.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
 
@@ -74,6 +79,11 @@ _CHUNK_BYTES_PER_ENTRY = 4
 _BYTES_PER_CANDIDATE = 64
 # Per candidate waiting for (and going through) the exact comparison.
 _BYTES_PER_ITEM = 128
+
+# Per distance entry of the dense scan: a float and an int32 bin buffer and a bool mask.
+_DENSE_BYTES_PER_ENTRY = 4 + 4 + 1
+# Above this fraction of candidates a chunk is binned in place rather than compacted first.
+_DENSE_FRACTION = 0.25
 
 # One bin per ~16 gallery items: a positive's bin holds a handful of candidates to compare
 # exactly, and the histograms stay small next to the [chunk, G] buffer.
@@ -167,11 +177,16 @@ def _per_query(
             # the pass that fills it.
             rows = min(chunk_size, num_q)
             buffer = torch.empty(rows, num_g, dtype=torch.bool, device=chunk.device)
-        scans += _scan(chunk, start, matches, buffer[: stop - start])
-        pending = sum(len(s.item_col) for s in scans)
-        if stop == num_q or pending * _BYTES_PER_ITEM > MEMORY_BUDGET:
-            results.append(_finish(scans, scanned_from, matches, num_g))
-            scans, scanned_from = [], stop
+        for scan in _scan(chunk, start, matches, buffer[: stop - start]):
+            scans.append(scan)
+            # Checked per group of rows, not per chunk: on rows that tie everywhere almost every
+            # candidate waits for the exact comparison.
+            if sum(len(s.item_col) for s in scans) * _BYTES_PER_ITEM > MEMORY_BUDGET:
+                results.append(_finish(scans, scanned_from, matches, num_g))
+                scanned_from += sum(len(s.values) for s in scans)
+                scans = []
+    if scans:
+        results.append(_finish(scans, scanned_from, matches, num_g))
     ap, inp, first_hit = (torch.cat(r) for r in zip(*results, strict=True))
     return ap, inp, first_hit
 
@@ -274,13 +289,14 @@ class _Scan:
     item_bin: Tensor
 
 
-def _scan(chunk: Tensor, start: int, matches: _Matches, buffer: Tensor) -> list[_Scan]:
+def _scan(chunk: Tensor, start: int, matches: _Matches, buffer: Tensor) -> Iterator[_Scan]:
     """Find a chunk's candidates, bin them, and collect what the exact comparison needs.
 
     :param chunk: ``[C, G]`` distances of queries ``start:start + C``.
     :param buffer: ``[C, G]`` bool scratch space.
 
-    :returns: One :class:`_Scan` per group of rows whose candidates fit the memory budget.
+    :returns: One :class:`_Scan` per group of consecutive rows, in row order, each within the
+        memory budget.
     """
     num_c, num_g = chunk.shape
     stop = start + num_c
@@ -302,10 +318,16 @@ def _scan(chunk: Tensor, start: int, matches: _Matches, buffer: Tensor) -> list[
 
     work = torch.float64 if chunk.dtype == torch.float64 else torch.float32
     shifted, scale = _bin_map(first, last, _num_bins(num_g), work)
-    scans = []
+    if int(torch.count_nonzero(candidate)) > _DENSE_FRACTION * candidate.numel():
+        # Positives deep in the lists (a weak model, or no signal at all): compacting nearly
+        # every item costs more than binning the whole chunk in place.
+        yield from _scan_dense(
+            chunk, start, matches, gallery_index, positive, values, shifted, scale
+        )
+        return
     for lo, hi in _row_groups(candidate):
         rows = slice(lo, hi)
-        scans.append(
+        yield (
             _scan_rows(
                 chunk[rows],
                 candidate[rows],
@@ -317,7 +339,6 @@ def _scan(chunk: Tensor, start: int, matches: _Matches, buffer: Tensor) -> list[
                 matches.positive_at(start + lo, start + hi) - (start + lo) * num_g,
             )
         )
-    return scans
 
 
 def _scan_rows(
@@ -370,15 +391,86 @@ def _scan_rows(
     )
 
 
-def _row_groups(candidate: Tensor) -> list[tuple[int, int]]:
-    """Consecutive row ranges of ``candidate [C, G]`` whose candidates fit the memory budget.
+def _scan_dense(
+    chunk: Tensor,
+    start: int,
+    matches: _Matches,
+    gallery_index: Tensor,
+    positive: Tensor,
+    values: Tensor,
+    shifted: Tensor,
+    scale: Tensor,
+) -> Iterator[_Scan]:
+    """:func:`_scan` without compaction, for chunks whose candidates are most of the gallery.
+
+    Every item of a block of rows is binned in place into an int32 ``(row, bin)`` key, a few
+    full passes with no ``nonzero`` over the chunk. Items beyond the last positive need no mask:
+    they land in bins at or above the last positive's, so they never add to a positive's count
+    from lower bins, and in its own bin the exact comparison sees that they come after it.
+    Junk and removed items get a key past every row's; the positives' own bins are read back
+    from the same keys, so items and positives are binned by one and the same computation.
+
+    :param chunk: ``[C, G]`` distances of queries ``start:start + C``.
+    :param gallery_index, positive, values: ``[C, M]`` per same-pid slot.
+    :param shifted, scale: ``[C, 1]`` the bin map of each row (:func:`_bin_map`).
+
+    :returns: One :class:`_Scan` per group of rows whose items fit the memory budget.
+    """
+    num_c, num_g = chunk.shape
+    num_bins = _num_bins(num_g)
+    keys_per_row = num_bins + 3
+    block = max(1, min(num_c, MEMORY_BUDGET // (_DENSE_BYTES_PER_ENTRY * num_g)))
+    scaled = torch.empty(block, num_g, dtype=shifted.dtype, device=chunk.device)
+    keys = torch.empty(block, num_g, dtype=torch.int32, device=chunk.device)
+    row_key = torch.arange(block, dtype=torch.int32, device=chunk.device)[:, None] * keys_per_row
+    for lo in range(0, num_c, block):
+        hi = min(lo + block, num_c)
+        n = hi - lo
+        bins, key = scaled[:n], keys[:n]
+        # The same two correctly rounded steps as _bin, in place.
+        torch.sub(chunk[lo:hi], shifted[lo:hi], out=bins).mul_(scale[lo:hi])
+        bins.clamp_(0, num_bins + 1).nan_to_num_(nan=num_bins + 1)
+        key.copy_(bins).add_(row_key[:n])
+        excluded = n * keys_per_row  # one key past every row's, dropped from the histogram
+        key.index_fill_(1, matches.junk, excluded)
+        key.view(-1)[matches.removed_at(start + lo, start + hi) - (start + lo) * num_g] = excluded
+        histogram = torch.bincount(key.view(-1), minlength=excluded + 1)[:excluded]
+
+        positive_flat = matches.positive_at(start + lo, start + hi) - (start + lo) * num_g
+        positive_keys = key.view(-1)[positive_flat].long()
+        rows = torch.arange(n, device=chunk.device)[:, None] * keys_per_row
+        slot_keys = torch.full_like(gallery_index[lo:hi], num_bins + 2).add_(rows)
+        slot_keys.masked_scatter_(positive[lo:hi], positive_keys)
+        cumulative = histogram.view(n, keys_per_row).cumsum(dim=1).view(-1)
+        below = cumulative.take(slot_keys) - histogram.take(slot_keys)
+        holds_positive = torch.zeros(excluded + 1, dtype=torch.bool, device=chunk.device)
+        holds_positive[positive_keys] = True
+        is_item = torch.index_select(holds_positive, 0, key.view(-1))
+        is_item[positive_flat] = False  # positives are no items (see _scan_rows)
+        for g_lo, g_hi in _row_groups(is_item.view(n, num_g), _BYTES_PER_ITEM):
+            item = is_item[g_lo * num_g : g_hi * num_g].nonzero().squeeze(1)
+            item_key = key[g_lo:g_hi].reshape(-1).take(item).long()
+            yield _Scan(
+                values[lo + g_lo : lo + g_hi],
+                slot_keys[g_lo:g_hi] - rows[g_lo:g_hi],
+                below[g_lo:g_hi],
+                item // num_g,
+                item % num_g,
+                chunk[lo + g_lo : lo + g_hi].reshape(-1).take(item),
+                item_key % keys_per_row,
+            )
+
+
+def _row_groups(candidate: Tensor, bytes_each: int = _BYTES_PER_CANDIDATE) -> list[tuple[int, int]]:
+    """Consecutive row ranges of ``candidate [C, G]`` whose marked items, ``bytes_each`` bytes
+    each, fit the memory budget.
 
     A single row over budget forms its own group; usually the whole chunk is one group.
     """
-    if int(torch.count_nonzero(candidate)) * _BYTES_PER_CANDIDATE <= MEMORY_BUDGET:
+    if int(torch.count_nonzero(candidate)) * bytes_each <= MEMORY_BUDGET:
         return [(0, len(candidate))]
     count = torch.count_nonzero(candidate, dim=1)
-    group = (count.cumsum(0) - count) * _BYTES_PER_CANDIDATE // MEMORY_BUDGET
+    group = (count.cumsum(0) - count) * bytes_each // MEMORY_BUDGET
     bounds = [0, *accumulate(torch.unique_consecutive(group, return_counts=True)[1].tolist())]
     return list(zip(bounds[:-1], bounds[1:], strict=True))
 
@@ -398,8 +490,10 @@ def _bin_map(
     # A single positive (or several at one distance) still needs a scale; |lo| is as good as any.
     width = torch.where(hi > lo, hi - lo, torch.where(lo != 0, lo.abs(), 1.0))
     scale = (num_bins - 1) / width
-    # (d - shifted) * scale = (d - lo) * scale + 1, so that bin 0 is left for d < lo.
-    shifted = lo - 1 / scale
+    # (d - shifted) * scale = (d - lo) * scale + 1.5: the first positive lands mid-bin 1 and the
+    # last mid-bin B, not on an edge where rounding could drop it into bin 0 along with every
+    # item closer than it (all of them would then need the exact comparison).
+    shifted = lo - 1.5 / scale
     return shifted.to(dtype), scale.to(dtype)
 
 

@@ -94,9 +94,12 @@ class ReIDMethod(pl.LightningModule):
             "cosine",
         )
 
-    def rerank_rows(self, features: Features) -> RowsFn:
-        """The re-ranking input: distances among all ``N`` records as k-reciprocal re-ranking
-        expects them (plain, not squared), ``rows(start, stop) -> Tensor[stop - start, N]``.
+    def rerank_rows(self, features: Features, num_query: int) -> RowsFn:
+        """The re-ranking input: distances among all ``N`` records (the ``num_query`` queries
+        first) as k-reciprocal re-ranking takes them, ``rows(start, stop) -> Tensor[stop - start,
+        N]``. Re-ranking squares them and divides each row by its maximum (Zhong et al., for
+        Euclidean distances), so a method gives *plain* distances, or, to follow an official
+        chain that starts elsewhere, whatever makes that normalised matrix its own (QAConv).
         Default: the Euclidean distance of the L2-normalised embeddings,
         ``sqrt(2 * cosine distance)``, which ranks like :meth:`distance`."""
         cosine = self.distance(features, features)

@@ -226,6 +226,32 @@ def test_personx_ambiguous_missing_and_malformed(tmp_path: Path) -> None:
         index_personx(tmp_path, subsets=["2"])
 
 
+@pytest.mark.parametrize("split", ["bounding_box_train", "query", "bounding_box_test"])
+def test_personx_empty_split_folder_is_named(tmp_path: Path, split: str) -> None:
+    # A realistic broken copy: subset1's split folder exists but holds no image, only the
+    # Windows thumbnail cache that real copies carry.
+    subset = _personx_subset(tmp_path / "personx" / "subset1")
+    for image in (subset / split).iterdir():
+        image.unlink()
+    (subset / split / "Thumbs.db").write_bytes(b"\0")
+    with pytest.raises(ValueError, match="no images") as error:
+        index_personx(tmp_path)
+    assert str(subset / split) in str(error.value)
+
+
+def test_personx_empty_split_in_one_of_several_subsets(tmp_path: Path) -> None:
+    for subset in ("4", "5", "6"):
+        _personx_subset(tmp_path / "PersonX_v1" / subset, cameras=(1, 2))
+    query = tmp_path / "PersonX_v1" / "5" / "query"
+    for image in query.iterdir():
+        image.unlink()
+    with pytest.raises(ValueError, match="no images") as error:
+        index_personx(tmp_path)
+    assert str(query) in str(error.value)
+    # The other subsets alone still index.
+    assert index_personx(tmp_path / "PersonX_v1", subsets=["4", "6"]).variant == "PersonX 4+6"
+
+
 # --- UnrealPerson -----------------------------------------------------------------------------
 
 UNREAL = {

@@ -127,7 +127,7 @@ def test_test_distances(test_distance: str) -> None:
         method.distance(features, features)(0, 5), expected, rtol=1e-4, atol=1e-4
     )
     torch.testing.assert_close(
-        method.rerank_rows(features)(1, 3), expected[1:3], rtol=1e-4, atol=1e-4
+        method.rerank_rows(features, 2)(1, 3), expected[1:3], rtol=1e-4, atol=1e-4
     )
 
 

@@ -19,7 +19,7 @@ from reidgen.methods.qaconv.losses import (
     ScoreTripletLoss,
 )
 from reidgen.methods.qaconv.matcher import QAConvMatcher
-from reidgen.methods.qaconv.method import QAConv, QAConvGS
+from reidgen.methods.qaconv.method import QAConv, QAConvGS, QAConvMethod
 from reidgen.methods.qaconv.network import FeatureMapNet
 from reidgen.models import ResNetBackbone
 from reidgen.optim import LossAdaptiveSchedule
@@ -266,8 +266,48 @@ def test_distance_is_one_minus_sigmoid_of_the_eval_scores() -> None:
     expected = 1 - torch.sigmoid(method.matcher(query, gallery) / 10)
     distance = method.distance(Features({"maps": query}), Features({"maps": gallery}))
     torch.testing.assert_close(distance(0, 3), expected)
-    rows = method.rerank_rows(Features({"maps": torch.cat([query, gallery])}))(0, 8)
-    assert rows.shape == (8, 8)
+
+
+def official_rerank_start(method: QAConvMethod, query: torch.Tensor, gallery: torch.Tensor):
+    """What the official QAConv re-ranking starts from (docs/methods/qaconv.md §9): the matrix
+    [[QQ, QG], [QG^T, GG]] of 1 - sigmoid(s / 10), divided by its column maxima, transposed,
+    not squared."""
+
+    def d(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return 1 - torch.sigmoid(method.matcher(a, b) / 10)
+
+    qg = d(query, gallery)
+    matrix = torch.cat(
+        [torch.cat([d(query, query), qg], dim=1), torch.cat([qg.T, d(gallery, gallery)], dim=1)]
+    )
+    return (matrix / matrix.amax(dim=0, keepdim=True)).T, matrix
+
+
+@pytest.mark.parametrize("version", ["2.1", "1.x"])
+def test_rerank_input_is_the_official_normalised_matrix(version: str) -> None:
+    torch.manual_seed(0)
+    method = QAConv(
+        num_classes=4,
+        backbone=ResNetBackbone(depth=18, out_stage=3),
+        optimizer=partial(torch.optim.SGD, lr=0.01),
+        input_size=(64, 32),
+        version=version,
+        neck_channels=16,
+        clip_grad_norm=None,
+    ).eval()
+    with torch.no_grad():
+        # Non-trivial head parameters, so that a transposed or mis-assembled matrix shows.
+        for parameter in method.matcher.parameters():
+            parameter.add_(0.5 * torch.randn_like(parameter))
+        query, gallery = unit_maps(3, 16, 4, 2, seed=5), unit_maps(5, 16, 4, 2, seed=6)
+        official, matrix = official_rerank_start(method, query, gallery)
+        rows = method.rerank_rows(Features({"maps": torch.cat([query, gallery])}), 3)
+        # Re-ranking's own first step: square the rows, divide each by its maximum.
+        squared = torch.cat([rows(0, 2), rows(2, 6), rows(6, 8)]).square()
+        normalised = squared / squared.amax(dim=1, keepdim=True)
+    torch.testing.assert_close(normalised, official.float(), rtol=1e-5, atol=1e-6)
+    if version == "1.x":  # the test bites: rows of M would not do
+        assert not torch.allclose(matrix, matrix.T, atol=1e-4)
 
 
 def test_class_memory_method_builds_its_memory_from_the_input_size() -> None:

@@ -378,6 +378,10 @@ def index_personx(
     - ``timestamp`` is ``None``: PersonX images are rendered viewpoints, not video frames.
 
     Evaluate with the Market protocol.
+
+    :raises FileNotFoundError: if no subset folder is found (every path tried is named).
+    :raises ValueError: naming the folder, if a chosen subset's split folder holds no image or
+        names that do not match; if several subsets exist and none is the usual choice.
     """
     root = Path(root).expanduser()
     folders = _personx_subsets(root, name, subsets)
@@ -385,8 +389,13 @@ def index_personx(
     for subset in folders:
         for split, folder_name in SPLIT_FOLDERS.items():
             folder = subset / folder_name
+            images = list_images(folder)
+            if not images:
+                # As every other indexer: an empty split folder is a broken copy, not a subset
+                # without that split (a missing query/ would make evaluation silently vacuous).
+                raise ValueError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
             malformed: list[str] = []
-            for path in list_images(folder):
+            for path in images:
                 match = PERSONX_NAMES.regex.match(path.stem)
                 if match is None:
                     malformed.append(path.name)

@@ -188,7 +188,7 @@ class AlignedReID(ReIDMethod):
             pairwise_euclidean(query_global[start:stop], gallery_global) + local(start, stop)
         )
 
-    def rerank_rows(self, features: Features) -> RowsFn:
+    def rerank_rows(self, features: Features, num_query: int) -> RowsFn:
         # The distance is already plain (not squared), as re-ranking expects.
         return self.distance(features, features)
 

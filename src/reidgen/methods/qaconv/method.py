@@ -133,10 +133,32 @@ class QAConvMethod(ReIDMethod):
             query_features[MAPS], gallery_features[MAPS], *self.eval_chunks
         )
 
-    def rerank_rows(self, features: Features) -> RowsFn:
-        # Re-ranking takes QAConv's own [0, 1] distance (docs/methods/qaconv.md §9), not a
-        # Euclidean one.
-        return self.matcher.distance_fn(features[MAPS], features[MAPS], *self.eval_chunks)
+    def rerank_rows(self, features: Features, num_query: int) -> RowsFn:
+        """The official QAConv re-ranking input (docs/methods/qaconv.md §9), as plain rows.
+
+        The official code re-ranks its ``[N, N]`` matrix ``M`` of ``d = 1 - sigmoid(s / 10)``
+        (queries, then gallery; both cross blocks from the query-gallery scores, ``M[g, q] =
+        d(q, g)``) by dividing it by its column maxima and transposing, and it does not square
+        ``d``. Row ``i`` of what it starts from is therefore column ``i`` of ``M``. Re-ranking here
+        squares its input and divides rows by their maxima, so the rows given are the square root
+        of those columns: the normalised matrix is the official one (a test checks it). For the
+        symmetric 2.1 head the columns are the rows; QAConv 1.0's 1.x head is not symmetric.
+        """
+        maps = features[MAPS]
+        num_total = len(maps)
+
+        def rows(start: int, stop: int) -> Tensor:
+            # Column i of M: d(x_k, x_i) for every k, except d(q_i, g) for a query's gallery part.
+            columns = self.matcher.distance_fn(maps, maps[start:stop], *self.eval_chunks)
+            block = columns(0, num_total).T.contiguous()
+            queries = min(stop, num_query) - start
+            if queries > 0:
+                block[:queries, num_query:] = self.matcher.distance_fn(
+                    maps[start : start + queries], maps[num_query:], *self.eval_chunks
+                )(0, queries)
+            return block.float().sqrt()
+
+        return rows
 
     # ------------------------------------------------------------------ training
     def compute_loss(self, maps: Tensor, labels: Tensor) -> LossOutput:
