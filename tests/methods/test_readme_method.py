@@ -63,7 +63,12 @@ def test_the_readme_example_method_trains_and_evaluates(
     evaluations = tmp_path / "evaluations"
     run_module(
         "reidgen.evaluate",
-        ["data=synth_tiny", f"ckpt={run / 'checkpoints' / 'last.ckpt'}"],
+        [
+            "data=synth_tiny",
+            "hardware=cpu",
+            "trainer.precision=32-true",
+            f"ckpt={run / 'checkpoints' / 'last.ckpt'}",
+        ],
         synth_data_dir,
         evaluations,
     )

@@ -25,6 +25,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import Sampler
+from torchmetrics import Metric
 
 from reidgen.eval import DistanceFn, chunked_distance
 from reidgen.eval.evaluator import Comparison, Evaluator
@@ -77,6 +78,8 @@ class ReIDMethod(pl.LightningModule):
         self.eval_results: dict[str, dict[str, dict[str, float]]] = {}
         # Not registered as submodules: built per evaluation, and never part of a checkpoint.
         self._eval_metrics: dict[str, RetrievalEvaluation] = {}
+        # Training metrics by log name (the metrics themselves are the methods' submodules).
+        self._training_metrics: dict[str, Metric] = {}
 
     # ------------------------------------------------------------------- declared hooks
     def extract(self, images: Tensor) -> Features:
@@ -150,6 +153,23 @@ class ReIDMethod(pl.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler(optimizer), "interval": "epoch"},
         }
+
+    def log_training_metric(self, name: str, metric: Metric, *batch: Tensor) -> None:
+        """Updates ``metric`` (a torchmetrics ``Metric``, a submodule of the method) with a
+        batch's ``*batch`` and logs the batch's value as ``name``; the epoch's value, synced over
+        the processes, is logged as ``<name>_epoch`` at the epoch's end.
+
+        Not through ``self.log(name, metric)``: Lightning's progress bar would then compute (and
+        sync) the metric on rank 0 alone, a collective the other processes never join.
+        """
+        self._training_metrics[name] = metric
+        self.log(name, metric(*batch), on_step=True, on_epoch=False)
+
+    def on_train_epoch_end(self) -> None:
+        # Every process computes every metric here, in the same order: compute() is collective.
+        for name, metric in sorted(self._training_metrics.items()):
+            self.log(f"{name}_epoch", metric.compute())
+            metric.reset()
 
     def comparison(self) -> Comparison:
         """This method's distance and re-ranking input, for the evaluator."""

@@ -71,13 +71,14 @@ class Baseline(ReIDMethod):
         id_loss = self.id_loss(output.logits, batch["pid"])
         triplet_loss = self.triplet_loss(output.features, batch["pid"])
         loss = self.id_weight * id_loss + self.triplet_weight * triplet_loss
-        self.train_accuracy(output.logits.detach(), batch["pid"])
+        self.log_training_metric(
+            "train/accuracy", self.train_accuracy, output.logits.detach(), batch["pid"]
+        )
         self.log_dict(
             {
                 "train/loss": loss,
                 "train/id_loss": id_loss,
                 "train/triplet_loss": triplet_loss,
-                "train/accuracy": self.train_accuracy,
             },
             on_step=True,
             on_epoch=True,

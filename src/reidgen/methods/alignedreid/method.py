@@ -259,8 +259,9 @@ class AlignedReID(ReIDMethod):
             prefix = "train/" if i == 0 else f"train/model{i}/"
             logs.update({f"{prefix}{name}": value for name, value in losses.items()})
             logs[f"{prefix}loss"] = loss
-            self.train_accuracy[i](output.logits.detach(), labels)
-            logs[f"{prefix}accuracy"] = self.train_accuracy[i]
+            self.log_training_metric(
+                f"{prefix}accuracy", self.train_accuracy[i], output.logits.detach(), labels
+            )
         self.log_dict(logs, on_step=True, on_epoch=True)
         return total
 

@@ -177,16 +177,13 @@ class QAConvMethod(ReIDMethod):
         maps = self.feature_maps(batch["image"])
         output = self.compute_loss(maps, batch["pid"])
         self._epoch_loss.append(output.loss.detach())
-        self.train_accuracy(output.accuracy)
-        self.log_dict(
-            {"train/loss": output.loss, "train/accuracy": self.train_accuracy},
-            on_step=True,
-            on_epoch=True,
-        )
+        self.log_training_metric("train/accuracy", self.train_accuracy, output.accuracy)
+        self.log("train/loss", output.loss, on_step=True, on_epoch=True)
         self.log("train/lr", self.optimizers().param_groups[-1]["lr"], on_step=True)
         return output.loss
 
     def on_train_epoch_end(self) -> None:
+        super().on_train_epoch_end()
         if self.adaptive_schedule is None:
             return
         losses = self._epoch_loss
