@@ -19,6 +19,8 @@ from fsspec.utils import get_protocol
 from lightning_fabric.plugins import TorchCheckpointIO
 from pytorch_lightning.callbacks import Checkpoint
 
+from reidgen.atomic import write_atomically
+
 LAST_NAME = "last.ckpt"
 TEMPORARY_SUFFIX = ".tmp"
 
@@ -41,18 +43,17 @@ def save_atomically(checkpoint: dict[str, Any], path: str | os.PathLike[str]) ->
     :param path: a local file path; its folder is created if needed.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = temporary_path(path)
-    try:
-        with open(temporary, "wb") as file:
-            torch.save(checkpoint, file)
-            file.flush()
-            # Without it, a power loss after the rename can leave an empty file under the name.
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    finally:
-        # Only left over when the write or the rename failed: do not leave a partial file.
-        temporary.unlink(missing_ok=True)
+    write_atomically(
+        path,
+        lambda temporary: _torch_save(checkpoint, temporary),
+        temporary=temporary_path(path),
+        durable=True,
+    )
+
+
+def _torch_save(checkpoint: dict[str, Any], path: Path) -> None:
+    with open(path, "wb") as file:
+        torch.save(checkpoint, file)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from reidgen.atomic import write_atomically
 from reidgen.methods.base import METRIC_KEYS
 
 
@@ -41,9 +42,8 @@ def write_metrics(
         "git_revision": git_revision(),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    partial = path.with_suffix(".json.part")
-    partial.write_text(json.dumps(record, indent=2, sort_keys=True, default=str))
-    partial.replace(path)
+    text = json.dumps(record, indent=2, sort_keys=True, default=str)
+    write_atomically(path, lambda temporary: temporary.write_text(text))
     return record
 
 

@@ -20,10 +20,8 @@ with its top results as the evaluation ranks them; this module does all of it bu
 from __future__ import annotations
 
 import operator
-import os
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +31,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 
+from reidgen.atomic import write_atomically
 from reidgen.data.datamodule import ReIDDataModule
 from reidgen.data.dataset import EvalDataset
 from reidgen.eval.features import Features
@@ -281,37 +280,12 @@ def write_png(picture: Image.Image, path: str | Path, overwrite: bool = False) -
     :param overwrite: replace an existing file. Otherwise an existing file is a
         ``FileExistsError``, also when it appears while the picture is written.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Opened with "x" (not tempfile.mkstemp, whose files are private to their owner): the
-    # picture gets the permissions any new file of this user gets.
-    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        with open(temp, "xb") as handle:
-            picture.save(handle, format="PNG")
-        if overwrite:
-            os.replace(temp, path)
-        else:
-            _publish_new(temp, path)
-    finally:
-        with suppress(FileNotFoundError):
-            temp.unlink()
-    return path
-
-
-def _publish_new(temp: Path, path: Path) -> None:
-    """Gives the written ``temp`` the name ``path`` unless that name is taken."""
-    try:
-        # A hard link is never made over an existing name, so a picture that appeared since
-        # picture_paths checked is not replaced either; the caller removes ``temp``.
-        os.link(temp, path)
+        return write_atomically(
+            path, lambda temporary: picture.save(temporary, format="PNG"), overwrite=overwrite
+        )
     except FileExistsError:
-        raise FileExistsError(_refusal([path])) from None
-    except OSError:
-        # A filesystem without hard links: check, then rename.
-        if path.exists():
-            raise FileExistsError(_refusal([path])) from None
-        os.replace(temp, path)
+        raise FileExistsError(_refusal([Path(path)])) from None
 
 
 # ---------------------------------------------------------------------------------- the CLIs
