@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from reidgen.eval import evaluate_ranking
+from reidgen.eval import rerank as rerank_module
 from reidgen.eval.rerank import (
+    FeatureRows,
     exact_memory_bytes,
     k_reciprocal_rerank,
     rerank,
@@ -177,6 +179,67 @@ def test_chooser_and_features_agree_with_exact() -> None:
         torch.testing.assert_close(chosen(0, num_query), exact, rtol=0, atol=1e-5)
         from_matrix = rerank(euclidean(features), num_query, memory_budget=budget)
         torch.testing.assert_close(from_matrix(0, num_query), exact, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(("block", "candidates"), [(4096, None), (37, 21), (13, 60)])
+def test_feature_blocks_match_exact_and_compute_each_pair_once(
+    block: int, candidates: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Blocks of 13 are smaller than the kept lists (60), so lists fill across blocks; 21 kept
+    # candidates make the expanded sets reach beyond the lists, so pairs are computed again.
+    features, _, num_query = clustered_problem(8, num_ids=20, per_id=9)
+    features[40] = features[41]  # an exact duplicate: a zero off-diagonal distance
+    num_total = len(features)
+    exact = k_reciprocal_rerank(euclidean(features), num_query)
+    monkeypatch.setattr(rerank_module, "DISTANCE_BLOCK", block)
+    computed = []
+    squared = FeatureRows.squared
+
+    def counted(self: FeatureRows, *bounds: int, out: torch.Tensor | None = None) -> torch.Tensor:
+        out = squared(self, *bounds, out=out)
+        computed.append(out.numel())
+        return out
+
+    monkeypatch.setattr(FeatureRows, "squared", counted)
+    reranked = rerank_topk(FeatureRows(features), num_query, num_total, candidates=candidates)
+    scan = sum(computed)
+    # Each pair of the scan once (the diagonal blocks whole), the query rows once more.
+    diagonal = sum((b - a) ** 2 for a, b in rerank_module._even_blocks(num_total, block))
+    assert scan == (num_total**2 + diagonal) // 2
+    torch.testing.assert_close(reranked(0, num_query), exact, rtol=0, atol=2e-6)
+    assert sum(computed) == scan + num_query * (num_total - num_query)
+
+
+def test_merge_keeps_the_smallest_values_per_row() -> None:
+    generator = torch.Generator().manual_seed(0)
+    num_rows, kept, num_cols = 6, 4, 30
+    values = torch.rand(num_rows, num_cols, generator=generator)
+    values[2, 7] = values[2, 9] = 0.0  # a tie, resolved for the earlier entry
+    best = torch.full((num_rows, kept), torch.inf)
+    best_cols = torch.full((num_rows, kept), num_cols)
+    for start in range(0, num_cols, 7):  # columns arrive in groups, rows in shuffled order
+        cols = torch.arange(start, min(start + 7, num_cols))
+        rows, local = torch.meshgrid(
+            torch.randperm(num_rows, generator=generator), cols, indexing="ij"
+        )
+        rerank_module._merge_candidates(
+            best, best_cols, rows.flatten(), local.flatten(), values[rows, local].flatten()
+        )
+    expected, expected_cols = values.sort(dim=1, stable=True)
+    torch.testing.assert_close(best, expected[:, :kept], rtol=0, atol=0)
+    assert torch.equal(best_cols, expected_cols[:, :kept])
+
+
+def test_feature_rows_are_plain_euclidean_with_zero_self_distance() -> None:
+    features, _, _ = clustered_problem(9)
+    rows = FeatureRows(features * 100)  # large norms: |a|^2 + |a|^2 - 2 a.a is not exactly 0
+    expected = euclidean(features * 100)
+    torch.testing.assert_close(rows(3, 11), expected[3:11], rtol=1e-4, atol=1e-2)
+    assert torch.equal(rows(3, 11).diagonal(offset=3), torch.zeros(8))
+    pairs = rows.pair_squared(torch.tensor([0, 5, 7]), torch.tensor([9, 5, 2]))
+    torch.testing.assert_close(pairs.sqrt(), expected[[0, 5, 7], [9, 5, 2]], rtol=1e-4, atol=1e-2)
+    with pytest.raises(ValueError, match="finite"):
+        FeatureRows(torch.tensor([[0.0, float("nan")], [1.0, 2.0]]))
 
 
 def test_cosine_metric_is_euclidean_of_normalised_features() -> None:

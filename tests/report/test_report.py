@@ -4,6 +4,7 @@ interrupted row, a missing dataset listed as skipped, every number traced to a m
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import shutil
@@ -14,7 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from reidgen.report.experiments import load_table, load_tables
+from reidgen.report.experiments import Row, Table, load_table, load_tables
+from reidgen.report.runner import Outcome
+from reidgen.report.tables import collect, to_csv, to_latex, to_markdown
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -58,6 +61,91 @@ def test_bad_table_files_fail_clearly(tmp_path: Path) -> None:
         load_tables(tmp_path, "paper")
 
 
+def test_seeds_make_one_run_each_and_fail_clearly(tmp_path: Path) -> None:
+    path = tmp_path / "t.yaml"
+    path.write_text(
+        "table: t\nseeds: [0, 1, 2]\nrows:\n"
+        "  - {name: a, overrides: [method=baseline]}\n"
+        "  - {name: b, overrides: [method=qaconv], seeds: [7]}\n"
+    )
+    table = load_table(path)
+    assert [run.seed for run in table.rows[0].runs()] == [0, 1, 2]
+    assert table.rows[0].runs()[2].overrides == ("method=baseline", "seed=2")
+    assert [run.overrides for run in table.rows[1].runs()] == [("method=qaconv", "seed=7")]
+    assert Row("c", ("x=1",)).runs()[0].overrides == ("x=1",)  # no seeds: the config's own
+    for row, message in (
+        ("{name: a, overrides: [m=1], seeds: [1, 1]}", "distinct integers"),
+        ("{name: a, overrides: [m=1], seeds: one}", "distinct integers"),
+        ("{name: a, overrides: [m=1, seed=3], seeds: [1]}", "give one or the other"),
+    ):
+        path.write_text(f"table: t\nrows:\n  - {row}\n")
+        with pytest.raises(ValueError, match=message):
+            load_table(path)
+
+
+def _metrics_file(folder: Path, seed: int, values: dict[str, dict[str, float]]) -> Path:
+    folder.mkdir(parents=True)
+    record = {
+        "metrics": values,
+        "targets": list(values),
+        "seed": seed,
+        "git_revision": "abcdef0123456789",
+        "world_size": 1,
+        "date": f"2026-12-0{seed + 1}",
+        "dataset_variants": {"studio": "small"},
+    }
+    path = folder / "metrics.json"
+    path.write_text(json.dumps(record))
+    return path
+
+
+def test_several_seeds_show_mean_std_and_count(tmp_path: Path) -> None:
+    table = Table(
+        "t",
+        "T",
+        "",
+        ("mAP",),
+        "synthetic",
+        (Row("seeded", ("m=1",), seeds=(0, 1, 2, 3)), Row("single", ("m=2",))),
+    )
+    maps = [70.0, 72.0, 77.0]
+    outcomes = {
+        "seeded": [
+            Outcome(
+                tmp_path / f"s{seed}",
+                seed,
+                metrics=_metrics_file(tmp_path / f"s{seed}", seed, {"studio": {"mAP": value}}),
+            )
+            for seed, value in enumerate(maps)
+        ]
+        + [Outcome(tmp_path / "s3", 3, reason="RuntimeError: out of memory")],
+        "single": [
+            Outcome(
+                tmp_path / "one",
+                None,
+                metrics=_metrics_file(tmp_path / "one", 0, {"studio": {"mAP": 50.0}}),
+            )
+        ],
+    }
+    seeded, single = collect(table, outcomes)
+    (cell,) = seeded.cells
+    # Mean 73.0; sample standard deviation sqrt(((-3)^2 + (-1)^2 + 4^2) / 2) = sqrt(13).
+    assert cell.reproduced == pytest.approx(73.0) and cell.count == 3
+    assert cell.spread == pytest.approx(13**0.5)
+    assert (
+        "seeds 0, 1, 2" in seeded.provenance
+        and "skipped (seed 3): RuntimeError" in seeded.provenance
+    )
+    assert not seeded.skipped
+    assert single.cells[0].spread is None and "seed 0" in single.provenance
+    markdown = to_markdown(table, [seeded, single])
+    assert "| seeded | 73.0 ± 3.6 (n=3) |" in markdown and "| single | 50.0 |" in markdown
+    assert r"73.0 $\pm$ 3.6 (n=3)" in to_latex(table, [seeded, single])
+    rows = list(csv.DictReader(io.StringIO(to_csv([seeded, single]))))
+    assert rows[0]["reproduced"] == "73.0" and rows[0]["runs"] == "3"
+    assert float(rows[0]["std"]) == pytest.approx(13**0.5, abs=1e-4) and rows[1]["std"] == ""
+
+
 @pytest.mark.slow
 def test_smoke_profile_restart_and_skipped_rows(
     tmp_path: Path, synth_data_dir: Path, tiny_studio: Path
@@ -66,6 +154,7 @@ def test_smoke_profile_restart_and_skipped_rows(
     experiments.mkdir()
     smoke = yaml.safe_load((ROOT / "experiments" / "smoke.yaml").read_text())
     smoke["rows"] = smoke["rows"][:2]  # the baseline and QAConv-GS keep the test short
+    smoke["rows"][0]["seeds"] = [0, 1]
     smoke["rows"].append(
         {
             "name": "needs Market",
@@ -83,22 +172,31 @@ def test_smoke_profile_restart_and_skipped_rows(
     report(experiments, out, synth_data_dir, "--profile", "smoke", "--readme", str(readme))
 
     runs = out / "runs" / "smoke"
-    first = runs / "bot-baseline" / "metrics.json"
+    first = runs / "bot-baseline" / "seed-0" / "metrics.json"
+    first_seed1 = runs / "bot-baseline" / "seed-1" / "metrics.json"
     second = runs / "qaconv-gs" / "metrics.json"
-    assert first.is_file() and second.is_file()
+    assert first.is_file() and first_seed1.is_file() and second.is_file()
     assert not (runs / "needs-market").joinpath("metrics.json").exists()
     reason = (runs / "needs-market.skipped.txt").read_text()
     assert "market1501" in reason
 
-    # Every reproduced number in the CSV is the run's own metrics.json value.
+    # Every reproduced number in the CSV is its runs' own metrics.json values (the mean of the
+    # two seeds' for the baseline, whose seeds differ).
     rows = list(csv.DictReader((out / "tables" / "smoke.csv").open()))
+    spreads = []
     for row in rows:
         if row["row"] == "needs Market":
             assert row["reproduced"] == "" and row["reported"] and "skipped" in row["provenance"]
             continue
-        source = {"BoT baseline": first, "QAConv-GS": second}[row["row"]]
-        metrics = json.loads(source.read_text())["metrics"]
-        assert float(row["reproduced"]) == pytest.approx(metrics[row["target"]][row["metric"]])
+        sources = {"BoT baseline": [first, first_seed1], "QAConv-GS": [second]}[row["row"]]
+        values = [
+            json.loads(source.read_text())["metrics"][row["target"]][row["metric"]]
+            for source in sources
+        ]
+        assert float(row["reproduced"]) == pytest.approx(sum(values) / len(values), abs=1e-4)
+        assert row["runs"] == str(len(values))
+        spreads.extend([float(row["std"])] if len(values) == 2 else [])
+    assert max(spreads) > 0  # the seeds made different runs
     for suffix in ("md", "tex", "png"):
         assert (out / "tables" / f"smoke.{suffix}").stat().st_size > 0
     text = readme.read_text()

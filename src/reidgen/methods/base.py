@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
@@ -31,7 +32,7 @@ from reidgen.eval import DistanceFn, chunked_distance
 from reidgen.eval.evaluator import Comparison, Evaluator
 from reidgen.eval.features import Features
 from reidgen.eval.metric import RetrievalEvaluation
-from reidgen.eval.rerank import RowsFn
+from reidgen.eval.rerank import FeatureRows, RowsFn
 
 if TYPE_CHECKING:
     from reidgen.data.datamodule import ReIDDataModule
@@ -104,9 +105,11 @@ class ReIDMethod(pl.LightningModule):
         Euclidean distances), so a method gives *plain* distances, or, to follow an official
         chain that starts elsewhere, whatever makes that normalised matrix its own (QAConv).
         Default: the Euclidean distance of the L2-normalised embeddings,
-        ``sqrt(2 * cosine distance)``, which ranks like :meth:`distance`."""
-        cosine = self.distance(features, features)
-        return lambda start, stop: cosine(start, stop).mul(2).clamp_min(0).sqrt()
+        ``sqrt(2 * cosine distance)``, which ranks like :meth:`distance`; as
+        :class:`~reidgen.eval.rerank.FeatureRows`, so re-ranking computes it in symmetric
+        blocks."""
+        embedding = features.require_embedding("the default re-ranking input")
+        return FeatureRows(F.normalize(embedding.float(), dim=1))
 
     def merge_flipped(self, features: Features, flipped_features: Features) -> Features:
         """Flip test (``eval.flip``): combines the records of images and of their mirror images.

@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 
 from reidgen.report.experiments import PROFILES, load_tables
-from reidgen.report.runner import Outcome, finished, run_dir, run_row
+from reidgen.report.runner import Outcome, finished, run_dir, run_once
 from reidgen.report.tables import collect, write_outputs
 
 
@@ -44,11 +44,13 @@ def main(argv: list[str] | None = None) -> str:
         outcomes = {}
         for row in table.rows:
             if args.tables_only:
-                outcomes[row.slug] = finished(out, table, row) or Outcome(
-                    run_dir(out, table, row), reason="not run yet"
-                )
+                outcomes[row.slug] = [
+                    finished(out, table, row, run)
+                    or Outcome(run_dir(out, table, row, run), run.seed, reason="not run yet")
+                    for run in row.runs()
+                ]
             else:
-                outcomes[row.slug] = run_row(out, table, row)
+                outcomes[row.slug] = [run_once(out, table, row, run) for run in row.runs()]
         sections.append(write_outputs(table, collect(table, outcomes), out / "tables"))
     markdown = "\n\n".join(sections)
     if args.readme is not None:

@@ -4,7 +4,9 @@ A file holds ``table`` (its name), ``title``, ``source`` (where the reported num
 ``metrics`` (the columns, e.g. ``[rank1, mAP]``), ``profile`` (``paper`` by default, or
 ``synthetic`` / ``smoke``) and ``rows``: each a ``name``, the Hydra ``overrides`` of
 ``python -m reidgen.run`` that make its run, and optionally ``reported``:
-``{target: {metric: value in %}}``.
+``{target: {metric: value in %}}`` and ``seeds``: a list of seeds, one run each (``seed=<s>``
+added to its overrides), shown as mean +- standard deviation. A top-level ``seeds`` is the
+default of every row that names none; without either, a row is one run with the config's seed.
 """
 
 from __future__ import annotations
@@ -19,15 +21,30 @@ PROFILES = ("paper", "synthetic", "smoke")
 
 
 @dataclass(frozen=True)
+class Run:
+    """One run of a row: its seed (None: the config's own) and the overrides that make it."""
+
+    seed: int | None
+    overrides: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Row:
     name: str
     overrides: tuple[str, ...]
     reported: dict[str, dict[str, float]] = field(default_factory=dict)
+    seeds: tuple[int, ...] = ()
 
     @property
     def slug(self) -> str:
         """A folder name for the row's run: the name in lower case, non-alphanumerics as ``-``."""
         return re.sub(r"[^a-z0-9]+", "-", self.name.lower()).strip("-")
+
+    def runs(self) -> tuple[Run, ...]:
+        """One run per seed, or the one run of a row without seeds."""
+        if not self.seeds:
+            return (Run(None, self.overrides),)
+        return tuple(Run(seed, (*self.overrides, f"seed={seed}")) for seed in self.seeds)
 
 
 @dataclass(frozen=True)
@@ -48,11 +65,20 @@ def load_table(path: Path) -> Table:
     profile = data.get("profile", "paper")
     if profile not in PROFILES:
         raise ValueError(f"{path}: profile must be one of {PROFILES}, got {profile!r}")
+    default_seeds = _seeds(data.get("seeds"), f"{path}: seeds")
     rows = []
     for index, row in enumerate(data["rows"]):
         if not isinstance(row, dict) or "name" not in row or "overrides" not in row:
             raise ValueError(f"{path}: row {index} needs 'name' and 'overrides'")
-        rows.append(Row(row["name"], tuple(row["overrides"]), dict(row.get("reported") or {})))
+        seeds = _seeds(row.get("seeds"), f"{path}: row {index} seeds") or default_seeds
+        if seeds and any(str(o).startswith(("seed=", "++seed=")) for o in row["overrides"]):
+            raise ValueError(
+                f"{path}: row {index} sets seed= in its overrides and has seeds {list(seeds)}; "
+                "give one or the other"
+            )
+        rows.append(
+            Row(row["name"], tuple(row["overrides"]), dict(row.get("reported") or {}), seeds)
+        )
     slugs = [row.slug for row in rows]
     if len(set(slugs)) != len(slugs):
         raise ValueError(f"{path}: row names must differ (as folder names): {slugs}")
@@ -64,6 +90,20 @@ def load_table(path: Path) -> Table:
         profile=profile,
         rows=tuple(rows),
     )
+
+
+def _seeds(value: object, where: str) -> tuple[int, ...]:
+    """A list of distinct integer seeds (None: no seeds)."""
+    if value is None:
+        return ()
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(isinstance(seed, int) and not isinstance(seed, bool) for seed in value)
+        or len(set(value)) != len(value)
+    ):
+        raise ValueError(f"{where} must be a non-empty list of distinct integers, got {value!r}")
+    return tuple(value)
 
 
 def load_tables(folder: Path, profile: str) -> list[Table]:

@@ -1,6 +1,7 @@
 """Runs the rows of the tables that have no finished result, restartably.
 
-A row's run lives in ``<out>/runs/<table>/<row>/``; it is *finished* when its ``metrics.json``
+A row's run lives in ``<out>/runs/<table>/<row>/`` (a row with seeds: one run per seed, in
+``<out>/runs/<table>/<row>/seed-<s>/``); it is *finished* when its ``metrics.json``
 exists (``reidgen.run`` writes that file last, atomically). A folder without it is an
 interrupted run: it is moved aside to ``<row>.interrupted-<n>`` (never deleted) and the row is run
 again. A run that fails (a missing dataset, a validation mismatch, missing pretrained weights) is
@@ -16,7 +17,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from reidgen.report.experiments import Row, Table
+from reidgen.report.experiments import Row, Run, Table
 
 
 @dataclass(frozen=True)
@@ -24,19 +25,21 @@ class Outcome:
     """``metrics`` (the run's metrics.json) when finished, else ``reason`` for the skip."""
 
     run_dir: Path
+    seed: int | None = None
     metrics: Path | None = None
     reason: str | None = None
 
 
-def run_dir(out: Path, table: Table, row: Row) -> Path:
-    return out / "runs" / table.name / row.slug
+def run_dir(out: Path, table: Table, row: Row, run: Run) -> Path:
+    directory = out / "runs" / table.name / row.slug
+    return directory if run.seed is None else directory / f"seed-{run.seed}"
 
 
-def finished(out: Path, table: Table, row: Row) -> Outcome | None:
-    """The row's outcome if its run has finished (its metrics.json exists), else None."""
-    directory = run_dir(out, table, row)
+def finished(out: Path, table: Table, row: Row, run: Run) -> Outcome | None:
+    """The run's outcome if it has finished (its metrics.json exists), else None."""
+    directory = run_dir(out, table, row, run)
     metrics = directory / "metrics.json"
-    return Outcome(directory, metrics=metrics) if metrics.is_file() else None
+    return Outcome(directory, run.seed, metrics=metrics) if metrics.is_file() else None
 
 
 def _reason(stderr: str, limit: int = 300) -> str:
@@ -59,26 +62,27 @@ def _move_aside(directory: Path) -> Path:
     return target
 
 
-def run_row(out: Path, table: Table, row: Row) -> Outcome:
-    """Runs ``row`` unless it is finished; see the module docstring."""
-    done = finished(out, table, row)
+def run_once(out: Path, table: Table, row: Row, run: Run) -> Outcome:
+    """Runs one run of ``row`` unless it is finished; see the module docstring."""
+    done = finished(out, table, row, run)
     if done is not None:
         return done
-    directory = run_dir(out, table, row)
+    label = row.name if run.seed is None else f"{row.name} (seed {run.seed})"
+    directory = run_dir(out, table, row, run)
     metrics = directory / "metrics.json"
     skipped = directory.with_name(f"{directory.name}.skipped.txt")
     if directory.exists():
         moved = _move_aside(directory)
-        print(f"[reproduce-table] {table.name} / {row.name}: interrupted run moved to {moved}")
+        print(f"[reproduce-table] {table.name} / {label}: interrupted run moved to {moved}")
     directory.parent.mkdir(parents=True, exist_ok=True)
     command = [
         sys.executable,
         "-m",
         "reidgen.run",
-        *row.overrides,
+        *run.overrides,
         f"hydra.run.dir={directory}",
     ]
-    print(f"[reproduce-table] {table.name} / {row.name}: {' '.join(command[3:])}", flush=True)
+    print(f"[reproduce-table] {table.name} / {label}: {' '.join(command[3:])}", flush=True)
     result = subprocess.run(
         command,
         capture_output=True,
@@ -87,8 +91,8 @@ def run_row(out: Path, table: Table, row: Row) -> Outcome:
     )
     if result.returncode == 0 and metrics.is_file():
         skipped.unlink(missing_ok=True)
-        return Outcome(directory, metrics=metrics)
+        return Outcome(directory, run.seed, metrics=metrics)
     reason = _reason(result.stderr)
     skipped.write_text(reason + "\n")
-    print(f"[reproduce-table] {table.name} / {row.name}: skipped: {reason}", flush=True)
-    return Outcome(directory, reason=reason)
+    print(f"[reproduce-table] {table.name} / {label}: skipped: {reason}", flush=True)
+    return Outcome(directory, run.seed, reason=reason)

@@ -1,11 +1,14 @@
 """Tables built only from the runs' ``metrics.json`` files: reported vs reproduced, the difference,
-and each number's provenance; written as Markdown, CSV, LaTeX and a PNG chart."""
+and each number's provenance; written as Markdown, CSV, LaTeX and a PNG chart. A row run with
+several seeds shows the mean +- the sample standard deviation over its finished seeds, and how
+many there were."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,14 +20,17 @@ from reidgen.report.runner import Outcome
 
 @dataclass(frozen=True)
 class Cell:
-    """One (row, target, metric) number: ``reported`` from the table file, ``reproduced`` from
-    the run's metrics.json (None when the row has no finished run)."""
+    """One (row, target, metric) number: ``reported`` from the table file, ``reproduced`` the
+    mean over the row's finished runs' metrics.json (None when none has finished), ``spread``
+    their sample standard deviation (None for fewer than two) and ``count`` how many."""
 
     row: str
     target: str
     metric: str
     reported: float | None
     reproduced: float | None
+    spread: float | None = None
+    count: int = 1
 
     @property
     def difference(self) -> float | None:
@@ -41,39 +47,65 @@ class RowResult:
     skipped: bool
 
 
-def collect(table: Table, outcomes: dict[str, Outcome]) -> list[RowResult]:
+def collect(table: Table, outcomes: dict[str, list[Outcome]]) -> list[RowResult]:
     """Every row's cells: the reported targets and metrics, or, for rows without reported
-    numbers, every target the run tested (the mean over targets excluded)."""
+    numbers, every target the runs tested (the mean over targets excluded).
+
+    :param outcomes: per row slug, the outcome of each of its runs (one per seed).
+    """
     results = []
     for row in table.rows:
-        outcome = outcomes[row.slug]
-        record = json.loads(outcome.metrics.read_text()) if outcome.metrics else None
-        measured = record["metrics"] if record else {}
-        tested = record["targets"] if record else []
-        targets = list(row.reported) or [t for t in tested if t in measured]
-        cells = tuple(
-            Cell(
-                row.name,
-                target,
-                metric,
-                row.reported.get(target, {}).get(metric),
-                measured[target][metric] if target in measured else None,
-            )
-            for target in targets
-            for metric in table.metrics
-        )
-        if record:
-            variants = "; ".join(f"{k}: {v}" for k, v in sorted(record["dataset_variants"].items()))
-            full = record.get("git_revision") or "unknown"
-            revision = full[:12] + ("-dirty" if full.endswith("-dirty") else "")
-            provenance = (
-                f"rev {revision}, seed {record['seed']}, {record['world_size']} process(es), "
-                f"{record['date']}, {variants}"
-            )
-        else:
-            provenance = f"skipped: {outcome.reason}"
-        results.append(RowResult(row.name, cells, provenance, record is None))
+        row_outcomes = outcomes[row.slug]
+        done = [o for o in row_outcomes if o.metrics is not None]
+        records = [json.loads(o.metrics.read_text()) for o in done]  # type: ignore[union-attr]
+        tested = [t for r in records for t in r["targets"] if t in r["metrics"]]
+        targets = list(row.reported) or list(dict.fromkeys(tested))
+        cells = []
+        for target in targets:
+            for metric in table.metrics:
+                values = [
+                    r["metrics"][target][metric]
+                    for r in records
+                    if metric in r["metrics"].get(target, {})
+                ]
+                cells.append(
+                    Cell(
+                        row.name,
+                        target,
+                        metric,
+                        row.reported.get(target, {}).get(metric),
+                        statistics.fmean(values) if values else None,
+                        statistics.stdev(values) if len(values) > 1 else None,
+                        len(values),
+                    )
+                )
+        skipped = [o for o in row_outcomes if o.metrics is None]
+        provenance = "; ".join(
+            [_provenance(records) if records else ""]
+            + [
+                f"skipped{'' if o.seed is None else f' (seed {o.seed})'}: {o.reason}"
+                for o in skipped
+            ]
+        ).strip("; ")
+        results.append(RowResult(row.name, tuple(cells), provenance, not records))
     return results
+
+
+def _provenance(records: list[dict]) -> str:
+    """Revision(s), seed(s), processes, date(s) and dataset variants of finished runs."""
+    revisions = []
+    for record in records:
+        full = record.get("git_revision") or "unknown"
+        revisions.append(full[:12] + ("-dirty" if full.endswith("-dirty") else ""))
+    first = records[0]
+    variants = "; ".join(f"{k}: {v}" for k, v in sorted(first["dataset_variants"].items()))
+    seeds = ", ".join(str(r["seed"]) for r in records)
+    dates = sorted(r["date"] for r in records)
+    when = dates[0] if dates[0] == dates[-1] else f"{dates[0]} to {dates[-1]}"
+    return (
+        f"rev {', '.join(dict.fromkeys(revisions))}, seed{'s' if len(records) > 1 else ''} "
+        f"{seeds}, {first['world_size']} process(es), {when}, {variants}"
+    )
 
 
 def _number(value: float | None, signed: bool = False) -> str:
@@ -95,14 +127,21 @@ def _lookup(result: RowResult, target: str, metric: str) -> Cell | None:
     return next((c for c in result.cells if (c.target, c.metric) == (target, metric)), None)
 
 
-def _cell_text(cell: Cell | None, with_difference: bool) -> str:
+def _reproduced_text(cell: Cell, plus_minus: str) -> str:
+    """The mean, with ``+- std (n=count)`` when more than one run made it."""
+    if cell.spread is None:
+        return _number(cell.reproduced)
+    return f"{_number(cell.reproduced)} {plus_minus} {cell.spread:.1f} (n={cell.count})"
+
+
+def _cell_text(cell: Cell | None, with_difference: bool, plus_minus: str = "±") -> str:
     """``reported / reproduced`` (and the signed difference), or the reproduced value alone
     when nothing is reported; empty for a column the row does not have."""
     if cell is None:
         return ""
     if cell.reported is None:
-        return _number(cell.reproduced)
-    text = f"{_number(cell.reported)} / {_number(cell.reproduced)}"
+        return _reproduced_text(cell, plus_minus)
+    text = f"{_number(cell.reported)} / {_reproduced_text(cell, plus_minus)}"
     return f"{text} ({_number(cell.difference, signed=True)})" if with_difference else text
 
 
@@ -127,7 +166,17 @@ def to_csv(results: list[RowResult]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(
-        ["row", "target", "metric", "reported", "reproduced", "difference", "provenance"]
+        [
+            "row",
+            "target",
+            "metric",
+            "reported",
+            "reproduced",
+            "std",
+            "runs",
+            "difference",
+            "provenance",
+        ]
     )
     for result in results:
         for cell in result.cells:
@@ -138,6 +187,8 @@ def to_csv(results: list[RowResult]) -> str:
                     cell.metric,
                     "" if cell.reported is None else cell.reported,
                     "" if cell.reproduced is None else round(cell.reproduced, 4),
+                    "" if cell.spread is None else round(cell.spread, 4),
+                    cell.count,
                     "" if cell.difference is None else round(cell.difference, 4),
                     result.provenance,
                 ]
@@ -166,7 +217,10 @@ def to_latex(table: Table, results: list[RowResult]) -> str:
         r"\midrule",
     ]
     for result in results:
-        values = [_cell_text(_lookup(result, t, m), with_difference=False) for t, m in columns]
+        values = [
+            _cell_text(_lookup(result, t, m), with_difference=False, plus_minus="$\\pm$")
+            for t, m in columns
+        ]
         lines.append(_latex_escape(result.name) + " & " + " & ".join(values) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines) + "\n"
@@ -185,16 +239,16 @@ def to_png(table: Table, results: list[RowResult], path: Path) -> None:
     y = 26
     for cell in bars:
         draw.text((4, y + 2), f"{cell.row[:34]} | {cell.target} {cell.metric}"[:52], fill=(0, 0, 0))
-        for value, colour, offset in (
-            (cell.reported, (170, 170, 170), 0),
-            (cell.reproduced, (40, 110, 220), bar_height),
+        for value, text, colour, offset in (
+            (cell.reported, _number(cell.reported), (170, 170, 170), 0),
+            (cell.reproduced, _reproduced_text(cell, "+-"), (40, 110, 220), bar_height),
         ):
             if value is not None:
                 x1 = label_width + max(1, round(min(value, 100) * scale))
                 draw.rectangle(
                     (label_width, y + offset, x1, y + offset + bar_height - 2), fill=colour
                 )
-                draw.text((x1 + 3, y + offset - 2), f"{value:.1f}", fill=(0, 0, 0))
+                draw.text((x1 + 3, y + offset - 2), text, fill=(0, 0, 0))
         y += 2 * bar_height + 8
     image.save(path)
 

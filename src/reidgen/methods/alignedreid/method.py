@@ -34,7 +34,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from reidgen.eval import DistanceFn
 from reidgen.eval.features import EMBEDDING, Features
-from reidgen.eval.rerank import RowsFn
+from reidgen.eval.rerank import FeatureRows, RowsFn
 from reidgen.losses import (
     CrossEntropyLabelSmooth,
     hard_example_mining,
@@ -189,7 +189,10 @@ class AlignedReID(ReIDMethod):
         )
 
     def rerank_rows(self, features: Features, num_query: int) -> RowsFn:
-        # The distance is already plain (not squared), as re-ranking expects.
+        # The distance is already plain (not squared), as re-ranking expects; the global one alone
+        # is read from the features in symmetric blocks.
+        if self.test_distance == "global":
+            return FeatureRows(features[EMBEDDING])
         return self.distance(features, features)
 
     # ------------------------------------------------------------------ training
