@@ -44,10 +44,12 @@ PROFILE ?= paper
 reproduce-table: install
 	$(BIN)/python -m reidgen.report --profile $(PROFILE) --readme README.md
 
-# Generate both default SynthPerson domains and refresh the README's contact sheets.
+# Generate the built-in SynthPerson domains and refresh the README's contact sheets.
 synth: install
 	$(BIN)/python -m reidgen.synthperson --domain studio --preset small --contact-sheet
 	$(BIN)/python -m reidgen.synthperson --domain street --preset small --contact-sheet
+	$(BIN)/python -m reidgen.synthperson --domain mall --preset small --contact-sheet
+	$(BIN)/python -m reidgen.synthperson --domain randomized --preset small --contact-sheet
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

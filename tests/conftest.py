@@ -22,3 +22,13 @@ def tiny_street(synth_data_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_studio(synth_data_dir: Path) -> Path:
     return ensure_synthperson(synth_data_dir, "studio", "tiny", workers=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_mall(synth_data_dir: Path) -> Path:
+    return ensure_synthperson(synth_data_dir, "mall", "tiny", workers=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_randomized(synth_data_dir: Path) -> Path:
+    return ensure_synthperson(synth_data_dir, "randomized", "tiny", workers=1)

@@ -95,12 +95,14 @@ def _shade(depth: float) -> int:
 
 
 def build_figure(
-    identity: Identity, yaw: float, phase: float, accessories: bool = True
+    identity: Identity, yaw: float, phase: float, accessories: bool = True, tilt: float = 0.0
 ) -> list[Primitive]:
     """Primitives of ``identity`` walking at ``phase`` and turned by ``yaw``, sorted far to near.
 
     ``yaw`` 0 faces the camera, pi shows the back. With ``accessories=False`` only the body is
-    built (no clothes-only shapes, hair or carried objects): the structure maps use that.
+    built (no clothes-only shapes, hair or carried objects): the structure maps use that. ``tilt``
+    (a camera looking down, see :class:`~reidgen.synthperson.render.Placement`) shows more of the
+    top of the head: hair covers more of it, the face less.
     """
     body = identity.body
     view = _View(math.cos(yaw), math.sin(yaw))
@@ -218,7 +220,7 @@ def build_figure(
         u, y, depth = view.project(0.0, head_y - head_r * 1.3, -head_r * 0.7)
         add(depth, "ellipse", (u, y, head_half * 1.05, head_r * 1.7), HAIR, 0)
     if identity.hair_style in ("short", "long"):
-        spread = 70 + 95 * away
+        spread = min(70 + 95 * away + 70 * tilt, 180)
         add(
             0.003,
             "chord",

@@ -3,6 +3,18 @@
 The image is drawn at twice the output size and averaged down, which anti-aliases edges; label maps
 (materials for colouring, body parts for the structure maps) come from the same primitives and the
 same placement, so the structure maps align with the image pixel for pixel.
+
+A camera that looks down (:attr:`Placement.tilt`, from the domain's ``camera_tilt``) is
+approximated by a vertical warp of the figure rather than a 3-D projection: the magnification
+grows linearly with the height above the feet, so heads are larger and legs shorter than at eye
+level, and more of the head shows hair (:func:`~reidgen.synthperson.figure.build_figure`). The
+warp keeps the body's height in the box, so detector boxes stay as tight as at eye level.
+
+Per camera (:func:`camera_look`): the scene (:func:`build_background`, of the domain's
+``background`` kind or, when it lists ``alt_backgrounds``, of a kind the camera draws), the
+brightness, colour cast and light colour, contrast, blur, noise, JPEG quality, downward view and a
+resolution factor. Draws that only the newer domain settings need happen only when a domain uses
+them, so studio and street images keep their bytes.
 """
 
 from __future__ import annotations
@@ -38,14 +50,39 @@ SUPERSAMPLE = 2
 
 @dataclass(frozen=True)
 class Placement:
-    """Where the figure lands on a canvas: centre x, feet y and body height, all in pixels."""
+    """Where the figure lands on a canvas: centre x, feet y and body height, all in pixels; and
+    how far the camera looks down on it (``tilt``, see the module docstring)."""
 
     centre_x: float
     feet_y: float
     height: float
+    tilt: float = 0.0
 
     def scaled(self, factor: float) -> Placement:
-        return Placement(self.centre_x * factor, self.feet_y * factor, self.height * factor)
+        return Placement(
+            self.centre_x * factor, self.feet_y * factor, self.height * factor, self.tilt
+        )
+
+    def magnification(self, y: float) -> tuple[float, float]:
+        """The figure's (horizontal, vertical) scale at body height ``y`` (0 feet, 1 crown).
+
+        Vertically 1 on average over the body, growing towards the head (nearer a high camera);
+        horizontally ``1 + tilt / 4`` times that: seen from above, a body's height is
+        foreshortened and its width is not, and the box is fitted to the height.
+        """
+        vertical = (1.0 + self.tilt * y) / (1.0 + self.tilt / 2)
+        return vertical * (1.0 + self.tilt / 4), vertical
+
+    def screen(self, u: float, y: float) -> tuple[float, float]:
+        """Canvas pixel (x, y) of the body point ``u`` right of the axis, ``y`` up from the feet."""
+        if not self.tilt:  # eye level: the plain scale, and the fast path
+            return self.centre_x + u * self.height, self.feet_y - y * self.height
+        # The vertical position integrates the vertical scale, so the crown stays at `height`.
+        lifted = (y + self.tilt * y * y / 2) / (1.0 + self.tilt / 2)
+        return (
+            self.centre_x + u * self.magnification(y)[0] * self.height,
+            self.feet_y - lifted * self.height,
+        )
 
 
 @dataclass(frozen=True)
@@ -53,11 +90,14 @@ class CameraLook:
     """How one camera sees: its scene and its imaging chain."""
 
     background: np.ndarray  # [h, w, 3] float32, larger than the canvas; images crop from it
-    gain: np.ndarray  # [3] brightness times colour cast
+    gain: np.ndarray  # [3] brightness times colour cast (times light colour)
     contrast: float
     blur_sigma: float
     noise_std: float
     jpeg_quality: int
+    tilt: float = 0.0  # how far the camera looks down (Placement.tilt)
+    resolution: float = 1.0  # factor on every image's resolution
+    image_colour_cast: float = 0.0  # max per-channel gain deviation drawn per image
 
 
 def draw_labels(
@@ -66,12 +106,11 @@ def draw_labels(
     """Rasterises primitives (already sorted far to near) into an 'L' canvas.
 
     A pixel gets ``material | shade << 4``, or the body part when ``use_parts`` (parts 0 skipped).
+    Round shapes are scaled by the placement's magnification at their centre.
     """
     draw = ImageDraw.Draw(canvas)
-    cx, fy, h = placement.centre_x, placement.feet_y, placement.height
-
-    def px(u: float, y: float) -> tuple[float, float]:
-        return cx + u * h, fy - y * h
+    h = placement.height
+    px = placement.screen
 
     for prim in prims:
         value = prim.part if use_parts else prim.material | (prim.shade << 4)
@@ -80,15 +119,18 @@ def draw_labels(
         p = prim.points
         if prim.shape == "poly":
             draw.polygon([px(p[i], p[i + 1]) for i in range(0, len(p), 2)], fill=value)
-        elif prim.shape == "ellipse":
+        elif prim.shape in ("ellipse", "chord"):
             u, y = px(p[0], p[1])
-            draw.ellipse((u - p[2] * h, y - p[3] * h, u + p[2] * h, y + p[3] * h), fill=value)
-        elif prim.shape == "chord":
-            u, y = px(p[0], p[1])
-            box = (u - p[2] * h, y - p[3] * h, u + p[2] * h, y + p[3] * h)
-            draw.chord(box, p[4], p[5], fill=value)
+            mx, my = placement.magnification(p[1])
+            box = (u - p[2] * h * mx, y - p[3] * h * my, u + p[2] * h * mx, y + p[3] * h * my)
+            if prim.shape == "ellipse":
+                draw.ellipse(box, fill=value)
+            else:
+                draw.chord(box, p[4], p[5], fill=value)
         else:  # capsule: a thick segment with round ends
-            (u0, y0), (u1, y1), r = px(p[0], p[1]), px(p[2], p[3]), p[4] * h
+            # A limb's thickness is a width: the horizontal scale at its middle.
+            mid = placement.magnification((p[1] + p[3]) / 2)[0]
+            (u0, y0), (u1, y1), r = px(p[0], p[1]), px(p[2], p[3]), p[4] * h * mid
             length = math.hypot(u1 - u0, y1 - y0) or 1.0
             nu, ny = -(y1 - y0) / length * r, (u1 - u0) / length * r
             draw.polygon(
@@ -128,7 +170,8 @@ def paint_figure(
     """
     height, width = size
     canvas = Image.new("L", (width, height), 0)
-    draw_labels(canvas, build_figure(identity, yaw, phase), placement, use_parts=False)
+    prims = build_figure(identity, yaw, phase, tilt=placement.tilt)
+    draw_labels(canvas, prims, placement, use_parts=False)
     labels = np.asarray(canvas)
     rgb = colour_table(identity)[labels]
     material = labels & 15
@@ -171,17 +214,34 @@ def structure_maps(
 
 
 def build_background(
-    rng: np.random.Generator, style: DomainStyle, size: tuple[int, int]
+    rng: np.random.Generator,
+    style: DomainStyle,
+    size: tuple[int, int],
+    kind: str | None = None,
+    tilt: float = 0.0,
 ) -> np.ndarray:
-    """A camera's scene [h, w, 3] float32, wider and taller than a canvas of ``size`` (H, W)."""
+    """A camera's scene [h, w, 3] float32, wider and taller than a canvas of ``size`` (H, W).
+
+    :param rng: the camera's generator.
+    :param style: the domain (its background colours).
+    :param size: the canvas (H, W) that images crop from the scene.
+    :param kind: the scene kind, one of :data:`~reidgen.synthperson.style.SCENE_KINDS`; default
+        the domain's ``background``.
+    :param tilt: how far the camera looks down: the horizon rises, so more floor shows.
+    :returns: [1.4 H, 5 W, 3] float32 in 0..255 units (plus texture noise).
+    """
+    kind = kind or style.background
     height, width = int(size[0] * 1.4), size[1] * 5
     base = np.asarray(style.background_colours[int(rng.integers(len(style.background_colours)))])
     image = Image.new("RGB", (width, height), tuple(int(c) for c in base))
     draw = ImageDraw.Draw(image)
-    horizon = int(height * rng.uniform(0.55, 0.75))
+    # A camera looking down sees the floor up to a higher line in its picture.
+    horizon = int(height * rng.uniform(0.55, 0.75) * (1.0 - 0.35 * tilt))
     floor = np.clip(base * rng.uniform(0.55, 0.85) + rng.normal(0, 10, 3), 0, 255)
     draw.rectangle((0, horizon, width, height), fill=tuple(int(c) for c in floor))
-    if style.background == "street":
+    if kind == "mall":
+        return _mall_scene(rng, image, base, floor, horizon, size)
+    if kind == "street":
         # Facades with windows, a pavement with joints, poles, signs and parked things.
         for _ in range(int(rng.integers(2, 5))):
             x0 = int(rng.uniform(0, width))
@@ -224,8 +284,122 @@ def build_background(
                 fill=tuple(int(c) for c in shade),
             )
     array = np.asarray(image, dtype=np.float32)
-    texture = rng.normal(0.0, 6.0 if style.background == "street" else 1.5, array.shape[:2])
+    texture = rng.normal(0.0, 6.0 if kind == "street" else 1.5, array.shape[:2])
     return array + texture[..., None].astype(np.float32)
+
+
+# Shop signs: vivid fascia colours, and the dark or white ones of many brands.
+_SIGN_COLOURS = np.array(
+    [
+        (200, 30, 40),
+        (20, 70, 160),
+        (240, 190, 20),
+        (30, 140, 70),
+        (240, 110, 20),
+        (120, 40, 140),
+        (25, 25, 30),
+        (245, 245, 245),
+    ],
+    dtype=np.float64,
+)
+_GLASS = np.array((150.0, 175.0, 190.0))
+
+
+def _rect(draw: ImageDraw.ImageDraw, box: tuple[float, ...], colour: np.ndarray) -> None:
+    draw.rectangle(tuple(int(v) for v in box), fill=tuple(int(c) for c in np.clip(colour, 0, 255)))
+
+
+def _mall_scene(
+    rng: np.random.Generator,
+    image: Image.Image,
+    base: np.ndarray,
+    floor: np.ndarray,
+    horizon: int,
+    size: tuple[int, int],
+) -> np.ndarray:
+    """Draws a mall on ``image``, whose wall (colour ``base``) and floor (colour ``floor``, from
+    row ``horizon`` down) are filled in; ``size`` is the canvas (H, W) images crop.
+
+    Top down: the ceiling with its light band, shop fronts (sign fascias, glass with goods behind,
+    open entrances, pillars), then a glossy tiled floor in perspective that mirrors the shop
+    fronts.
+
+    :returns: the scene as :func:`build_background` returns it, [h, w, 3] float32.
+    """
+    width, height = image.size
+    draw = ImageDraw.Draw(image)
+    # Ceiling: a light band along it, brighter than anything else in the crop.
+    ceiling = max(4, int(horizon * rng.uniform(0.14, 0.24)))
+    _rect(draw, (0, 0, width, ceiling), base * rng.uniform(0.75, 0.9))
+    light = np.array((255.0, 252.0, 240.0)) - rng.uniform(0, 15, 3)
+    _rect(draw, (0, ceiling * 0.3, width, ceiling * 0.75), light)
+    # Shop fronts, side by side; a pillar between two.
+    fascia = ceiling + max(3, int((horizon - ceiling) * rng.uniform(0.15, 0.25)))
+    x = -int(rng.uniform(0, size[1]))
+    while x < width:
+        shop = int(size[1] * rng.uniform(0.7, 1.6))
+        pillar = max(2, int(size[1] * rng.uniform(0.06, 0.12)))
+        _rect(draw, (x, ceiling, x + pillar, horizon), base * rng.uniform(0.8, 1.05))
+        left, right = x + pillar, x + shop
+        sign = _SIGN_COLOURS[int(rng.integers(len(_SIGN_COLOURS)))]
+        _rect(draw, (left, ceiling, right, fascia), sign)
+        # The lettering: a band that contrasts with the fascia.
+        letters = 255.0 - sign * rng.uniform(0.6, 1.0)
+        inset_x, inset_y = (right - left) * rng.uniform(0.15, 0.3), (fascia - ceiling) * 0.3
+        _rect(draw, (left + inset_x, ceiling + inset_y, right - inset_x, fascia - inset_y), letters)
+        if rng.random() < 0.3:  # an open entrance: the shop's dim inside
+            _rect(draw, (left, fascia, right, horizon), base * rng.uniform(0.3, 0.5))
+        else:
+            glass = 0.6 * _GLASS + 0.4 * base
+            _rect(draw, (left, fascia, right, horizon), glass * rng.uniform(0.85, 1.1))
+            # Goods and mannequins behind the glass, dimmed by it.
+            for _ in range(int(rng.integers(1, 4))):
+                gx = rng.uniform(left, right)
+                top = rng.uniform(fascia, horizon - 2)
+                goods = 0.55 * rng.uniform(20, 235, 3) + 0.45 * glass
+                _rect(draw, (gx, top, gx + size[1] * rng.uniform(0.08, 0.3), horizon), goods)
+            frame = base * 0.45
+            for mullion in np.arange(left, right, max(4.0, size[1] * 0.35)):
+                _rect(draw, (mullion, fascia, mullion + 1, horizon), frame)
+        _rect(draw, (left, horizon - max(2, size[0] // 40), right, horizon), base * 0.5)
+        x += shop
+    # Floor tiles in perspective: rows grow towards the camera, joints meet at a vanishing point.
+    tile = floor * rng.uniform(1.04, 1.12)
+    vanish_x = rng.uniform(0.3, 0.7) * width
+    depth = height - horizon
+    rows = [float(horizon)]
+    step = max(2.0, size[0] * 0.03)
+    while rows[-1] < height:
+        rows.append(rows[-1] + step)
+        step *= 1.3
+    spacing = size[1] * rng.uniform(0.5, 0.8)
+    columns = np.arange(vanish_x - 4 * width, vanish_x + 4 * width, spacing)
+
+    def fan(column: float, y: float) -> float:
+        # A joint's x at row y: a third of its offset at the horizon, all of it at the bottom.
+        return vanish_x + (column - vanish_x) * (1 + 2 * (y - horizon) / depth) / 3
+
+    for i, (y0, y1) in enumerate(zip(rows[:-1], rows[1:], strict=True)):
+        for j, (c0, c1) in enumerate(zip(columns[:-1], columns[1:], strict=True)):
+            if (i + j) % 2:
+                quad = [(fan(c0, y0), y0), (fan(c1, y0), y0), (fan(c1, y1), y1), (fan(c0, y1), y1)]
+                draw.polygon(quad, fill=tuple(int(c) for c in np.clip(tile, 0, 255)))
+    array = np.asarray(image, dtype=np.float32).copy()
+    # Gloss: the shop fronts mirrored in the floor, fading with the distance from the wall.
+    reach = min(horizon - ceiling, depth)
+    mirrored = array[horizon - reach : horizon][::-1]
+    fade = (0.45 * (1.0 - np.arange(reach) / reach))[:, None, None]
+    below = array[horizon : horizon + reach]
+    array[horizon : horizon + reach] = (1 - fade) * below + fade * mirrored
+    texture = rng.normal(0.0, 2.0, array.shape[:2])
+    return array + texture[..., None].astype(np.float32)
+
+
+def _uniform_unless_fixed(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
+    """A uniform draw from ``(low, high)``; no draw when low == high, so that the domains that
+    leave a setting at its fixed default keep their sequence of draws (and their bytes)."""
+    low, high = bounds
+    return float(rng.uniform(low, high)) if low != high else float(low)
 
 
 def camera_look(
@@ -234,13 +408,26 @@ def camera_look(
     """Draws one camera's scene and imaging parameters from the domain."""
     brightness = rng.uniform(*style.brightness)
     cast = 1.0 + rng.uniform(-style.colour_cast, style.colour_cast, 3)
+    # Scene kind, light colour, downward view and sharpness: drawn only where the domain varies
+    # them (see _uniform_unless_fixed).
+    kind = style.background
+    if style.alt_backgrounds:
+        kinds = (style.background, *style.alt_backgrounds)
+        kind = kinds[int(rng.integers(len(kinds)))]
+    if style.light_tints:
+        cast = cast * np.asarray(style.light_tints[int(rng.integers(len(style.light_tints)))])
+    tilt = _uniform_unless_fixed(rng, style.camera_tilt)
+    resolution = _uniform_unless_fixed(rng, style.camera_resolution)
     return CameraLook(
-        background=build_background(rng, style, canvas_size),
+        background=build_background(rng, style, canvas_size, kind, tilt),
         gain=(brightness * cast).astype(np.float32),
         contrast=float(rng.uniform(*style.contrast)),
         blur_sigma=float(rng.uniform(*style.blur_sigma)),
         noise_std=float(rng.uniform(*style.noise_std)),
         jpeg_quality=int(rng.integers(style.jpeg_quality[0], style.jpeg_quality[1] + 1)),
+        tilt=tilt,
+        resolution=resolution,
+        image_colour_cast=style.image_colour_cast,
     )
 
 
@@ -259,7 +446,11 @@ def finish(
         for dx in range(SUPERSAMPLE)
     ) * (1.0 / SUPERSAMPLE**2)
     jitter = rng.uniform(0.92, 1.08)
-    image = ((image - 128.0) * look.contrast + 128.0) * (look.gain * jitter)
+    gain = look.gain * jitter
+    if look.image_colour_cast:
+        cast = look.image_colour_cast
+        gain = gain * (1.0 + rng.uniform(-cast, cast, 3)).astype(np.float32)
+    image = ((image - 128.0) * look.contrast + 128.0) * gain
     pil = Image.fromarray(np.clip(image, 0, 255).astype(np.uint8))
     if resolution < 0.97:
         small = (max(8, round(width * resolution)), max(16, round(height * resolution)))

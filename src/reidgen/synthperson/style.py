@@ -4,6 +4,27 @@ A domain is everything that differs between two camera networks: what people wea
 look like, how the cameras see. Two domains with different styles give a real domain gap; the same
 identity generator runs in both. Built-in domains are in :data:`BUILTIN_DOMAINS`; more can be added
 from a YAML/JSON file (:func:`load_domain_style`) whose keys are the fields of :class:`DomainStyle`.
+
+The built-in domains:
+
+* ``studio``: the synthetic-engine look (vivid clothes, plain lit scenes, sharp images);
+* ``street``: a campus in summer (dark and neutral clothes, facades, casts, blur, JPEG);
+* ``mall``: an indoor shopping mall seen by CCTV cameras mounted high: artificial light of one
+  colour per camera (``light_tints``), a downward view (``camera_tilt``: larger heads, shorter
+  legs, more hair than face, more floor), low resolution and blur, crowds (``crowd``: several
+  passers-by in one crop, often in front of the person), winter coats;
+* ``randomized``: domain randomization as RandPerson, UnrealPerson and ClonedPerson do it. Every
+  camera draws its scene kind (``background`` or one of ``alt_backgrounds``), light colour,
+  brightness, colour cast, contrast, downward view, sharpness (``camera_resolution`` times each
+  image's own), blur, noise and JPEG quality from ranges that contain the three other domains'
+  ranges; every image adds its own colour cast (``image_colour_cast``); every identity draws its
+  clothes from the union of the built-in palettes with wide jitter. Its eight cameras thus differ
+  from each other far more than the cameras of one built-in domain do.
+
+Fields added after ``studio`` and ``street`` were published (:data:`LATER_FIELDS`) default to
+"off" and are left out of :meth:`DomainStyle.to_dict` while at their default: the dictionary
+seeds every random draw (``SynthPersonSpec.domain_key``), so studio and street, and any domain
+file that does not use them, keep generating the same bytes.
 """
 
 from __future__ import annotations
@@ -17,6 +38,10 @@ from typing import Any
 import yaml
 
 RGB = tuple[int, int, int]
+Gains = tuple[float, float, float]
+
+# Scene kinds that render.build_background draws.
+SCENE_KINDS = ("studio", "street", "mall")
 
 
 @dataclass(frozen=True)
@@ -26,6 +51,12 @@ class DomainStyle:
     Clothing colours come from ``garment_palette``: each entry a base colour and a weight; a sampled
     colour is the base colour jittered by ``palette_jitter`` (0..255 units per channel), so a small
     jitter makes many people share a colour, as on real streets.
+
+    The fields from ``alt_backgrounds`` on (:data:`LATER_FIELDS`) are off by default; see the
+    module docstring for why they are left out of :meth:`to_dict` then.
+
+    :raises ValueError: a scene kind that is not one of :data:`SCENE_KINDS`, or a ``crowd`` range
+        that does not start at 1 or more.
     """
 
     name: str
@@ -44,7 +75,9 @@ class DomainStyle:
     hat_prob: float
     near_duplicate_fraction: float
     # Scenes.
-    background: str  # "studio" (plain walls and floor) or "street" (facades, pavement, clutter)
+    # "studio" (plain walls and floor), "street" (facades, pavement, clutter) or "mall" (glossy
+    # tiles, shop fronts, a ceiling light band).
+    background: str
     background_colours: tuple[RGB, ...]
     # Per-camera imaging; each camera draws its own value once, images jitter around it.
     brightness: tuple[float, float]
@@ -65,11 +98,59 @@ class DomainStyle:
     walking_speed_mps: tuple[float, float]
     recording_hours: float
     fps: float = 25.0
+    # Per camera: scene kinds drawn instead of `background`; each camera draws uniformly one of
+    # `background` and these.
+    alt_backgrounds: tuple[str, ...] = ()
+    # Per camera: the colour of its light source, RGB gains drawn uniformly from these (warm
+    # tungsten, cool fluorescent, ...) and multiplied into the camera's colour cast.
+    light_tints: tuple[Gains, ...] = ()
+    # Per camera: how far it looks down on people, 0 = eye level. A figure's crown is magnified
+    # 1 + tilt times as much as its feet (the head is nearer a high camera) and the figure is
+    # widened by 1 + tilt / 4 (its height is foreshortened): larger heads, shorter legs, more hair
+    # than face, more floor in the scene (render.Placement).
+    camera_tilt: tuple[float, float] = (0.0, 0.0)
+    # Per camera: a factor on every image's `resolution` (its lens and sensor).
+    camera_resolution: tuple[float, float] = (1.0, 1.0)
+    # Per image: how many passers-by are in the crop when `other_person_prob` fires; more than
+    # one spreads them in depth, behind the person and in front.
+    crowd: tuple[int, int] = (1, 1)
+    # Per image: max per-channel gain deviation on top of the camera's colour cast.
+    image_colour_cast: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        kinds = (self.background, *self.alt_backgrounds)
+        unknown = sorted(set(kinds) - set(SCENE_KINDS))
+        if unknown:
+            raise ValueError(
+                f"SynthPerson domain {self.name!r}: unknown scene kind(s) {unknown}; "
+                f"expected {', '.join(SCENE_KINDS)}"
+            )
+        if not 1 <= self.crowd[0] <= self.crowd[1]:
+            raise ValueError(
+                f"SynthPerson domain {self.name!r}: crowd must be (low, high) with "
+                f"1 <= low <= high, got {self.crowd}"
+            )
+
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable copy (tuples become lists)."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        """A JSON-serialisable copy (tuples become lists), without the :data:`LATER_FIELDS` that
+        are at their default."""
+        values = json.loads(json.dumps(dataclasses.asdict(self)))
+        for f in dataclasses.fields(self):
+            if f.name in LATER_FIELDS and getattr(self, f.name) == f.default:
+                del values[f.name]
+        return values
+
+
+# Added after studio and street were published: left out of to_dict() while at their default.
+LATER_FIELDS = (
+    "alt_backgrounds",
+    "light_tints",
+    "camera_tilt",
+    "camera_resolution",
+    "crowd",
+    "image_colour_cast",
+)
 
 
 def _palette(*entries: tuple[str, float]) -> tuple[tuple[RGB, float], ...]:
@@ -203,7 +284,143 @@ STREET = DomainStyle(
     fps=25.0,
 )
 
-BUILTIN_DOMAINS: dict[str, DomainStyle] = {STUDIO.name: STUDIO, STREET.name: STREET}
+# Light sources of one camera: RGB gains.
+_WARM_TUNGSTEN = (1.12, 1.0, 0.8)
+_WARM_WHITE = (1.06, 1.0, 0.9)
+_NEUTRAL = (1.0, 1.0, 1.0)
+_COOL_FLUORESCENT = (0.9, 1.0, 1.1)
+_GREEN_FLUORESCENT = (0.93, 1.07, 0.92)
+
+MALL = DomainStyle(
+    name="mall",
+    num_cameras=5,
+    # Indoors in winter (coats): dark and earthy colours with camel, burgundy and a few bright
+    # puffers; blacks, navies and greys overlap with street.
+    garment_palette=_palette(
+        ("1c1c1c", 5),
+        ("2b2b33", 3),
+        ("4a4a4a", 2),
+        ("8c8c8c", 1.5),
+        ("e6e2da", 1.5),
+        ("1f2a44", 3),
+        ("3d5a80", 1.5),
+        ("c19a6b", 2.5),
+        ("8b5a2b", 1.5),
+        ("5c4033", 1.5),
+        ("6b1f2a", 1.5),
+        ("b22222", 1),
+        ("556b2f", 1.5),
+        ("2f4f4f", 1),
+        ("d4a017", 0.8),
+        ("7a9cc6", 0.6),
+        ("c77dab", 0.5),
+        ("e07b39", 0.4),
+    ),
+    palette_jitter=18.0,
+    skin_tones=_SKIN,
+    hair_colours=_HAIR,
+    pattern_probs={"solid": 0.7, "stripes": 0.1, "checks": 0.1, "print": 0.1},
+    lower_probs={"trousers": 0.8, "shorts": 0.05, "skirt": 0.15},
+    hair_probs={"none": 0.05, "short": 0.6, "long": 0.35},
+    long_sleeve_prob=0.9,
+    backpack_prob=0.2,
+    bag_prob=0.45,  # shopping bags
+    hat_prob=0.25,  # woolly hats
+    near_duplicate_fraction=0.3,
+    background="mall",
+    background_colours=tuple(
+        _hex(c) for c in ("e8e0cc", "d0d0cc", "f0ead8", "c8b89a", "b8c0c8", "ddd5c8")
+    ),
+    # Bright, flat artificial light; old CCTV: low resolution, blur, noise and heavy JPEG.
+    brightness=(0.9, 1.1),
+    colour_cast=0.05,
+    contrast=(0.75, 0.95),
+    blur_sigma=(0.45, 0.9),
+    noise_std=(2.0, 5.0),
+    jpeg_quality=(45, 75),
+    resolution=(0.35, 0.55),
+    occlusion_prob=0.2,
+    other_person_prob=0.65,
+    misalignment=0.1,
+    scale=(0.8, 0.95),
+    yaw_jitter_deg=30.0,
+    site_size_m=150.0,
+    walking_speed_mps=(0.7, 1.3),  # shoppers stroll
+    recording_hours=3.0,
+    fps=25.0,
+    light_tints=(_WARM_TUNGSTEN, _WARM_WHITE, _NEUTRAL, _COOL_FLUORESCENT, _GREEN_FLUORESCENT),
+    camera_tilt=(0.5, 1.1),
+    crowd=(1, 4),
+)
+
+
+def _union_palette(*styles: DomainStyle) -> tuple[tuple[RGB, float], ...]:
+    """Every palette entry of ``styles``, weights scaled so that each palette weighs 1 in all."""
+    entries: list[tuple[RGB, float]] = []
+    for style in styles:
+        total = sum(weight for _, weight in style.garment_palette)
+        entries += [(colour, weight / total) for colour, weight in style.garment_palette]
+    return tuple(entries)
+
+
+RANDOMIZED = DomainStyle(
+    name="randomized",
+    num_cameras=8,
+    garment_palette=_union_palette(STUDIO, STREET, MALL),
+    palette_jitter=45.0,
+    skin_tones=_SKIN,
+    hair_colours=_HAIR,
+    pattern_probs={"solid": 0.6, "stripes": 0.13, "checks": 0.1, "print": 0.17},
+    lower_probs={"trousers": 0.6, "shorts": 0.22, "skirt": 0.18},
+    hair_probs={"none": 0.07, "short": 0.6, "long": 0.33},
+    long_sleeve_prob=0.55,
+    backpack_prob=0.3,
+    bag_prob=0.3,
+    hat_prob=0.17,
+    near_duplicate_fraction=0.3,
+    background="studio",
+    background_colours=tuple(
+        dict.fromkeys(
+            STUDIO.background_colours + STREET.background_colours + MALL.background_colours
+        )
+    ),
+    # Every range contains those of studio, street and mall.
+    brightness=(0.6, 1.25),
+    colour_cast=0.12,
+    contrast=(0.65, 1.2),
+    blur_sigma=(0.0, 1.0),
+    noise_std=(0.0, 7.0),
+    jpeg_quality=(35, 95),
+    resolution=(0.7, 1.0),
+    occlusion_prob=0.15,
+    other_person_prob=0.3,
+    misalignment=0.1,
+    scale=(0.78, 0.96),
+    yaw_jitter_deg=25.0,
+    site_size_m=400.0,
+    walking_speed_mps=(0.8, 1.6),
+    recording_hours=2.0,
+    fps=25.0,
+    alt_backgrounds=("street", "mall"),
+    # Mall's lights, outdoor daylight and a sodium street lamp.
+    light_tints=(
+        _WARM_TUNGSTEN,
+        _WARM_WHITE,
+        _NEUTRAL,
+        _COOL_FLUORESCENT,
+        _GREEN_FLUORESCENT,
+        (0.9, 0.98, 1.12),
+        (1.18, 0.96, 0.7),
+    ),
+    camera_tilt=(0.0, 1.1),
+    camera_resolution=(0.45, 1.0),
+    crowd=(1, 4),
+    image_colour_cast=0.05,
+)
+
+BUILTIN_DOMAINS: dict[str, DomainStyle] = {
+    style.name: style for style in (STUDIO, STREET, MALL, RANDOMIZED)
+}
 
 _TUPLE_OF_RGB = ("skin_tones", "hair_colours", "background_colours")
 
@@ -242,6 +459,10 @@ def domain_style_from_dict(values: dict[str, Any]) -> DomainStyle:
     for key in _TUPLE_OF_RGB:
         values[key] = tuple(_as_rgb(c) for c in values[key])
     values["garment_palette"] = tuple((_as_rgb(c), float(w)) for c, w in values["garment_palette"])
+    if "light_tints" in values:
+        values["light_tints"] = tuple(
+            (float(r), float(g), float(b)) for r, g, b in values["light_tints"]
+        )
     for f in dataclasses.fields(DomainStyle):
         if isinstance(values.get(f.name), list):
             values[f.name] = tuple(values[f.name])
