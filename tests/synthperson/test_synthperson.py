@@ -564,3 +564,16 @@ def test_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert sheet.is_file()
     with pytest.raises(SystemExit):
         cli_main(["--size", "128-64"])
+
+
+def test_gap_ablation_variants_are_street_with_studio_groups() -> None:
+    """README's gap ablation: each variant differs from street only in fields set to studio's."""
+    root = Path(__file__).resolve().parents[2] / "docs" / "synthperson_gap"
+    studio, street = BUILTIN_DOMAINS["studio"].to_dict(), BUILTIN_DOMAINS["street"].to_dict()
+    variants = sorted(root.glob("street_*.yaml"))
+    assert len(variants) == 7
+    for path in variants:
+        variant = load_domain_style(path).to_dict()
+        changed = {key for key in street if key != "name" and variant[key] != street[key]}
+        assert changed, path
+        assert all(variant[key] == studio[key] for key in changed), path
