@@ -209,6 +209,30 @@ def test_toy_clustering_relabels_every_epoch_on_one_process(
     assert state["labels"]["assigned"][STREET].tolist() == [rule(1, s.pid) for s in street]
 
 
+def test_unlabelled_only_trains_on_the_methods_labels_or_fails_clearly(
+    tiny_street: Path, synth_data_dir: Path
+) -> None:
+    # GCL's setting: no labelled source; pseudo labels start at num_classes = 0.
+    torch.manual_seed(0)
+    # Batches of 2 x 2: the toy's epoch 0 has only two pseudo identities.
+    module = make_module(str(synth_data_dir), [STREET], unlabelled=[STREET], batch_size=4)
+    module.setup("fit")
+    assert module.num_classes == 0
+    method = ToyClustering(module.num_classes)
+    trainer().fit(method, datamodule=module)
+    street_pid = {s.path: s.pid for s in module.pool[0].samples}
+    for record in method.records:
+        distinct = sorted({rule(record["epoch"], pid) for pid in street_pid.values()} - {-1})
+        for path, pid in zip(record["paths"], record["pid"].tolist(), strict=True):
+            assert pid == distinct.index(rule(record["epoch"], street_pid[path]))
+    assert {r["epoch"] for r in method.records} == set(range(EPOCHS))
+
+    module = make_module(str(synth_data_dir), [STREET], unlabelled=[STREET])
+    module.setup("fit")
+    with pytest.raises(ValueError, match="every training source is in data.unlabelled"):
+        trainer().fit(ToyClustering(0, relabel=False), datamodule=module)
+
+
 def test_a_resumed_run_reuses_the_checkpointed_labels(
     tiny_street: Path, tiny_studio: Path, synth_data_dir: Path, tmp_path: Path
 ) -> None:

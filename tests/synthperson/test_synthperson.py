@@ -527,7 +527,7 @@ def test_labelled_unlabelled_config_builds_on_tiny_data(
     assert module.train_set is not None and len(module.train_set) == len(studio_train)
     assert list(module.eval_sets) == ["synth_mall_tiny"]
 
-    # Street alone and unlabelled: the data module tests, but has nothing labelled to train on.
+    # Street alone and unlabelled: nothing labelled, every training label is the method's.
     unsupervised = instantiate(
         _data_config(
             synth_data_dir,
@@ -537,10 +537,9 @@ def test_labelled_unlabelled_config_builds_on_tiny_data(
             "data.targets=[synth_street_tiny]",
         ).data
     )
-    unsupervised.setup("test")
+    unsupervised.setup()
     assert list(unsupervised.eval_sets) == ["synth_street_tiny"]
-    with pytest.raises(ValueError, match="no labelled training source"):
-        unsupervised.setup("fit")
+    assert unsupervised.num_classes == 0 and len(unsupervised.train_set) == 0
 
 
 def test_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -210,9 +210,13 @@ class ReIDDataModule(pl.LightningDataModule):
         names = [source.name for source in self.sources]
         if len(set(names)) != len(names):
             raise ValueError(f"training sources must have distinct names, got {names}")
+        if not self.sources:
+            raise ValueError("no training source: name one in data.sources")
         labelled = [s for s in self.sources if s.name not in self.unlabelled]
         if not labelled:
-            raise ValueError("no labelled training source: name one in data.sources")
+            # Unsupervised training (GCL's setting): every label comes from the method's
+            # assign_training_labels; train_dataloader fails clearly if it gives none.
+            log.info("no labelled training source: the method's pseudo labels are all there is")
         for source in self.sources:
             offered = getattr(source, "extra_fields", {})
             for field in self.extra_fields:
@@ -316,6 +320,14 @@ class ReIDDataModule(pl.LightningDataModule):
         labels = epoch_labels(self.pool, assigned, self.num_classes)
         train_set = self._training_dataset(labels)
         if len(train_set) == 0:
+            if not any(source.labelled for source in self.pool) and not assigned:
+                method = self._method()
+                raise ValueError(
+                    f"epoch {epoch} has no training image: every training source is in "
+                    f"data.unlabelled and {type(method).__name__} assigns no labels "
+                    "(assign_training_labels); train with a method that pseudo-labels, or "
+                    "label a source"
+                )
             raise ValueError(f"epoch {epoch} has no training image: every label is -1")
         self.train_set = train_set
         self._assignment = (epoch, assigned)
