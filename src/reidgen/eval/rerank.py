@@ -566,10 +566,7 @@ def _scan_blocks(source: FeatureRows, kept: int, block_size: int) -> tuple[Tenso
             _merge_candidates(best, best_cols, rows + start, cols + col_start, block[rows, cols])
             rows, cols = torch.nonzero(block < best[col_start:col_stop, -1], as_tuple=True)
             _merge_candidates(best, best_cols, cols + col_start, rows + start, block[rows, cols])
-    if bool((row_max == 0).any()):
-        raise ValueError(
-            "a sample is at distance 0 from every sample; its row cannot be normalised"
-        )
+    _check_row_maxima(row_max)
     ranks, order = best_cols.sort(dim=1)  # ties by column, then by value, as _nearest orders them
     values, by_value = best.gather(1, order).clamp_min_(0.0).sort(dim=1, stable=True)
     return ranks.gather(1, by_value), values.div_(row_max[:, None]), row_max
@@ -713,7 +710,12 @@ def _check_distances(distance: Tensor) -> None:
     # Squaring would silently reorder negative entries, and NaN poisons a whole row's normaliser.
     if torch.isnan(distance).any() or (distance < 0).any():
         raise ValueError("distances must be non-negative and not NaN (plain distances, see docs)")
-    if (distance.amax(dim=1) == 0).any():
+    _check_row_maxima(distance.amax(dim=1))
+
+
+def _check_row_maxima(row_max: Tensor) -> None:
+    # Dn divides every row by its maximum.
+    if bool((row_max == 0).any()):
         raise ValueError(
             "a sample is at distance 0 from every sample; its row cannot be normalised"
         )
