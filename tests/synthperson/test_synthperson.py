@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 import reidgen.synthperson.generate as generate_module
+import reidgen.synthperson.style as style_module
 from reidgen import resolvers
 from reidgen.data.datamodule import ReIDDataModule
 from reidgen.data.datasets.synthperson import index_synthperson, load_structure
@@ -37,6 +38,7 @@ from reidgen.synthperson import (
 from reidgen.synthperson.__main__ import main as cli_main
 from reidgen.synthperson.figure import BACKPACK, PRINT, build_figure
 from reidgen.synthperson.generate import (
+    BUILTIN_DRAW_KEYS,
     DatasetDamagedError,
     camera_looks,
     generate,
@@ -100,13 +102,20 @@ def test_randomized_ranges_contain_the_built_in_domains() -> None:
     assert RANDOMIZED.palette_jitter >= max(s.palette_jitter for s in (STUDIO, STREET, MALL))
 
 
-def test_newer_domain_settings_leave_studio_and_street_as_published() -> None:
-    # The domain key seeds every draw: had a new DomainStyle field entered studio's or street's
-    # dictionary, every byte of their datasets would have changed.
+def test_newer_domain_settings_leave_studio_and_mall_as_published() -> None:
+    # The domain key names the folder of a dataset: had a new DomainStyle field entered studio's
+    # dictionary, every existing studio folder would have been found damaged. Street was retuned
+    # by the calibration (spread_cameras among others) but keeps its draws.
     assert SynthPersonSpec(STUDIO, get_preset("tiny")).domain_key == 0xF7CE4C91
-    assert SynthPersonSpec(STREET, get_preset("tiny")).domain_key == 0x4EA6E1C5
-    for style in (STUDIO, STREET):
-        assert not set(LATER_FIELDS) & set(style.to_dict())
+    assert not set(LATER_FIELDS) & set(STUDIO.to_dict())
+    assert set(LATER_FIELDS) & set(STREET.to_dict()) == {"spread_cameras"}
+    assert tuple(BUILTIN_DOMAINS) == style_module._BUILTIN_NAMES == tuple(BUILTIN_DRAW_KEYS)
+    # A built-in domain keeps its draws when its distributions are retuned; a domain file of the
+    # same name that differs from it draws afresh.
+    for name, style in BUILTIN_DOMAINS.items():
+        assert SynthPersonSpec(style, get_preset("tiny")).draw_key == BUILTIN_DRAW_KEYS[name]
+    retuned = dataclasses.replace(STREET, palette_jitter=14.0)
+    assert SynthPersonSpec(retuned, get_preset("tiny")).draw_key not in BUILTIN_DRAW_KEYS.values()
     assert {"camera_tilt", "crowd", "light_tints"} <= set(MALL.to_dict())
     assert domain_style_from_dict({"base": "mall"}) == MALL
     assert domain_style_from_dict({"base": "randomized"}) == RANDOMIZED
@@ -117,6 +126,50 @@ def test_newer_domain_settings_leave_studio_and_street_as_published() -> None:
         domain_style_from_dict({"base": "street", "alt_backgrounds": ["moon"]})
     with pytest.raises(ValueError, match="crowd must be"):
         domain_style_from_dict({"base": "mall", "crowd": [0, 2]})
+
+
+def test_spread_cameras_give_each_camera_its_own_slice_of_brightness_and_contrast() -> None:
+    style = domain_style_from_dict(
+        {"base": "street", "name": "spread", "spread_cameras": True, "colour_cast": 0.0}
+    )
+    looks = camera_looks(SynthPersonSpec(style, get_preset("tiny")))
+    count = style.num_cameras
+
+    def slices(values: list[float], bounds: tuple[float, float]) -> list[int]:
+        low, high = bounds
+        return sorted(int((v - low) / (high - low) * count) for v in values)
+
+    # Without a colour cast, a camera's gain is its brightness on every channel.
+    assert all(look.gain[0] == look.gain[1] == look.gain[2] for look in looks)
+    brightness = [float(look.gain[0]) for look in looks]
+    assert slices(brightness, style.brightness) == list(range(count))
+    assert slices([look.contrast for look in looks], style.contrast) == list(range(count))
+    # Independent draws cluster: street's own draws put several cameras in one contrast slice.
+    independent = domain_style_from_dict(
+        {"base": "street", "name": "independent", "spread_cameras": False, "draws_of": "street"}
+    )
+    unspread = camera_looks(SynthPersonSpec(independent, get_preset("tiny")))
+    assert slices([look.contrast for look in unspread], STREET.contrast) != list(range(count))
+
+
+def test_draws_of_reuses_a_builtin_domains_random_draws() -> None:
+    variant = domain_style_from_dict(
+        {"base": "street", "name": "street_clean", "draws_of": "street", "noise_std": [0.0, 0.0]}
+    )
+    spec, street = (SynthPersonSpec(s, get_preset("tiny")) for s in (variant, STREET))
+    assert spec.draw_key == street.draw_key == BUILTIN_DRAW_KEYS["street"] != spec.domain_key
+    assert spec.dirname != street.dirname
+    for mine, theirs in zip(camera_looks(spec), camera_looks(street), strict=True):
+        assert (mine.contrast, mine.blur_sigma, mine.jpeg_quality) == (
+            theirs.contrast,
+            theirs.blur_sigma,
+            theirs.jpeg_quality,
+        )
+        np.testing.assert_array_equal(mine.background, theirs.background)
+        assert mine.noise_std == 0.0 < theirs.noise_std
+    assert plan_dataset(spec).files == plan_dataset(street).files
+    with pytest.raises(ValueError, match="draws_of must name a built-in domain"):
+        domain_style_from_dict({"base": "street", "draws_of": "moon"})
 
 
 def test_seed_and_domain_change_the_data(
@@ -572,7 +625,10 @@ def test_gap_ablation_variants_are_street_with_studio_groups() -> None:
     variants = sorted(root.glob("street_*.yaml"))
     assert len(variants) == 7
     for path in variants:
-        variant = load_domain_style(path).to_dict()
-        changed = {key for key in street if key != "name" and variant[key] != street[key]}
+        variant = load_domain_style(path)
+        # Drawn as street: the variants differ from street by their settings, not a new draw.
+        assert variant.draws_of == "street", path
+        values = variant.to_dict()
+        changed = {key for key in street if key != "name" and values[key] != street[key]}
         assert changed, path
-        assert all(variant[key] == studio[key] for key in changed), path
+        assert all(values[key] == studio[key] for key in changed), path

@@ -56,6 +56,7 @@ from reidgen.synthperson.render import (
     STRUCTURE_YAWS_DEG,
     SUPERSAMPLE,
     CameraLook,
+    CameraStrata,
     camera_look,
 )
 from reidgen.synthperson.scene import DISTRACTOR, JUNK, PERSON, RenderJob, render_job
@@ -64,6 +65,16 @@ from reidgen.synthperson.style import BUILTIN_DOMAINS, DomainStyle, load_domain_
 log = logging.getLogger(__name__)
 
 GENERATOR_VERSION = 1
+# The draw keys of the built-in domains, their domain_key when each was published. Fixed, so that
+# retuning a built-in domain's distributions keeps its random draws (identities, routes, cameras,
+# scenes): the change is measured as itself, not as itself plus a new draw of a 6-camera network,
+# which alone moves cross-domain mAP by a factor of four (docs/synthperson_calibration.md).
+BUILTIN_DRAW_KEYS = {
+    "studio": 0xF7CE4C91,
+    "street": 0x4EA6E1C5,
+    "mall": 0x9FB5C089,
+    "randomized": 0x48B0C2DF,
+}
 SPLIT_FOLDERS = ("bounding_box_train", "query", "bounding_box_test")
 MANIFEST = "manifest.json"
 # Below this many images, starting worker processes costs more than it saves.
@@ -88,8 +99,17 @@ class SynthPersonSpec:
 
     @cached_property
     def domain_key(self) -> int:
-        """A stable integer from the domain's full definition, mixed into every seed."""
+        """A stable integer from the domain's full definition; names its folder."""
         return zlib.crc32(json.dumps(self.domain.to_dict(), sort_keys=True).encode())
+
+    @cached_property
+    def draw_key(self) -> int:
+        """Mixed into every seed: a built-in domain's fixed key (:data:`BUILTIN_DRAW_KEYS`), that
+        of the built-in domain it draws as (``DomainStyle.draws_of``), or its own ``domain_key``."""
+        name = self.domain.draws_of
+        if not name and BUILTIN_DOMAINS.get(self.domain.name) == self.domain:
+            name = self.domain.name
+        return BUILTIN_DRAW_KEYS[name] if name else self.domain_key
 
     @property
     def dirname(self) -> str:
@@ -104,7 +124,7 @@ class SynthPersonSpec:
         return int(round(SEQUENCE_SECONDS * self.domain.fps))
 
     def rng(self, purpose: str, *items: int) -> np.random.Generator:
-        words = [self.seed, self.domain_key, zlib.crc32(purpose.encode()), *items]
+        words = [self.seed, self.draw_key, zlib.crc32(purpose.encode()), *items]
         return np.random.Generator(np.random.PCG64(np.random.SeedSequence(words)))
 
 
@@ -212,9 +232,18 @@ def plan_dataset(spec: SynthPersonSpec) -> DatasetPlan:
 
 def camera_looks(spec: SynthPersonSpec) -> list[CameraLook]:
     canvas = (spec.size[0] * SUPERSAMPLE, spec.size[1] * SUPERSAMPLE)
+    count = spec.domain.num_cameras
+    strata: list[CameraStrata | None] = [None] * count
+    if spec.domain.spread_cameras:
+        rng = spec.rng("camera strata")
+        brightness, contrast = rng.permutation(count), rng.permutation(count)
+        strata = [
+            CameraStrata(int(brightness[camera]), int(contrast[camera]), count)
+            for camera in range(count)
+        ]
     return [
-        camera_look(spec.rng("camera", camera), spec.domain, canvas)
-        for camera in range(spec.domain.num_cameras)
+        camera_look(spec.rng("camera", camera), spec.domain, canvas, strata[camera])
+        for camera in range(count)
     ]
 
 

@@ -402,11 +402,37 @@ def _uniform_unless_fixed(rng: np.random.Generator, bounds: tuple[float, float])
     return float(rng.uniform(low, high)) if low != high else float(low)
 
 
+@dataclass(frozen=True)
+class CameraStrata:
+    """Which of ``count`` equal slices of the brightness and contrast ranges a camera draws from
+    (``DomainStyle.spread_cameras``)."""
+
+    brightness: int
+    contrast: int
+    count: int
+
+
+def _in_stratum(
+    rng: np.random.Generator, bounds: tuple[float, float], stratum: int | None, count: int
+) -> float:
+    if stratum is None:
+        return float(rng.uniform(*bounds))
+    low, high = bounds
+    return low + (stratum + rng.random()) / count * (high - low)
+
+
 def camera_look(
-    rng: np.random.Generator, style: DomainStyle, canvas_size: tuple[int, int]
+    rng: np.random.Generator,
+    style: DomainStyle,
+    canvas_size: tuple[int, int],
+    strata: CameraStrata | None = None,
 ) -> CameraLook:
-    """Draws one camera's scene and imaging parameters from the domain."""
-    brightness = rng.uniform(*style.brightness)
+    """Draws one camera's scene and imaging parameters from the domain; with ``strata``, its
+    brightness and contrast from its slices of their ranges."""
+    count = strata.count if strata else 1
+    brightness_slice = strata.brightness if strata else None
+    contrast_slice = strata.contrast if strata else None
+    brightness = _in_stratum(rng, style.brightness, brightness_slice, count)
     cast = 1.0 + rng.uniform(-style.colour_cast, style.colour_cast, 3)
     # Scene kind, light colour, downward view and sharpness: drawn only where the domain varies
     # them (see _uniform_unless_fixed).
@@ -421,7 +447,7 @@ def camera_look(
     return CameraLook(
         background=build_background(rng, style, canvas_size, kind, tilt),
         gain=(brightness * cast).astype(np.float32),
-        contrast=float(rng.uniform(*style.contrast)),
+        contrast=_in_stratum(rng, style.contrast, contrast_slice, count),
         blur_sigma=float(rng.uniform(*style.blur_sigma)),
         noise_std=float(rng.uniform(*style.noise_std)),
         jpeg_quality=int(rng.integers(style.jpeg_quality[0], style.jpeg_quality[1] + 1)),
