@@ -60,21 +60,16 @@ from reidgen.synthperson.render import (
     camera_look,
 )
 from reidgen.synthperson.scene import DISTRACTOR, JUNK, PERSON, RenderJob, render_job
-from reidgen.synthperson.style import BUILTIN_DOMAINS, DomainStyle, load_domain_style
+from reidgen.synthperson.style import (
+    BUILTIN_DOMAINS,
+    BUILTIN_DRAW_KEYS,
+    DomainStyle,
+    load_domain_style,
+)
 
 log = logging.getLogger(__name__)
 
 GENERATOR_VERSION = 1
-# The draw keys of the built-in domains, their domain_key when each was published. Fixed, so that
-# retuning a built-in domain's distributions keeps its random draws (identities, routes, cameras,
-# scenes): the change is measured as itself, not as itself plus a new draw of a 6-camera network,
-# which alone moves cross-domain mAP by a factor of four (docs/synthperson_calibration.md).
-BUILTIN_DRAW_KEYS = {
-    "studio": 0xF7CE4C91,
-    "street": 0x4EA6E1C5,
-    "mall": 0x9FB5C089,
-    "randomized": 0x48B0C2DF,
-}
 SPLIT_FOLDERS = ("bounding_box_train", "query", "bounding_box_test")
 MANIFEST = "manifest.json"
 # Below this many images, starting worker processes costs more than it saves.
