@@ -463,8 +463,9 @@ def _body_shares(root: Path) -> tuple[float, float]:
 
 
 def _others_share(style: DomainStyle, count: int = 60) -> float:
-    """Mean share of a crop covered by people other than the subject (and by occluders), from
-    renders of person images on a flat magenta scene: what crowds add."""
+    """Mean share of a crop covered by people other than the subject, from renders of person
+    images on a flat magenta scene with occluding objects switched off: what crowds add."""
+    style = dataclasses.replace(style, occlusion_prob=0.0)
     spec = SynthPersonSpec(style, get_preset("tiny"))
     plan = plan_dataset(spec)
     looks = _flat_scene(spec)
@@ -500,7 +501,7 @@ def test_mall_is_seen_from_above_in_crowds_at_low_resolution(
     assert _body_shares(tiny_studio)[0] == pytest.approx(street_legs, abs=0.01)  # eye level
     assert mall_legs < street_legs - 0.025  # shorter legs and larger heads from above
     assert mall_head > street_head * 1.2
-    assert _others_share(MALL) > 1.8 * _others_share(STREET)  # crowds
+    assert _others_share(MALL, 150) > 1.5 * _others_share(STREET, 150)  # crowds
     assert _detail(tiny_mall) < 0.75 * _detail(tiny_street)  # low resolution and blur
 
 
