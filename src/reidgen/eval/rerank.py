@@ -166,7 +166,7 @@ def k_reciprocal_rerank(
     def values(start: int, stop: int, cols: Tensor) -> Tensor:
         return dn[start:stop].gather(1, cols)
 
-    graph = _JaccardGraph(ranks, values, None, num_query, k1, k2)
+    graph = JaccardGraph(ranks, values, None, num_query, k1, k2)
     final = torch.empty(num_query, num_total - num_query, device=dn.device)
     for start in range(0, num_query, chunk_size):
         stop = min(start + chunk_size, num_query)
@@ -213,7 +213,7 @@ def rerank_topk(
         if len(distance_rows) != num_total:
             raise ValueError(f"num_total={num_total} but the features have {len(distance_rows)}")
         source = distance_rows
-        ranks, dn_near, row_max = _scan_blocks(source, kept, DISTANCE_BLOCK)
+        ranks, dn_near, row_max = scan_blocks(source, kept, DISTANCE_BLOCK)
 
         def missing(row_ids: Tensor, col_ids: Tensor) -> Tensor:
             return source.pair_squared(row_ids, col_ids).div_(row_max[row_ids])
@@ -243,7 +243,7 @@ def rerank_topk(
         found = sorted_cols.gather(1, pos) == cols
         return torch.where(found, near_values[start:stop].gather(1, pos), torch.nan)
 
-    graph = _JaccardGraph(ranks[:, :needed], values, missing, num_query, k1, k2)
+    graph = JaccardGraph(ranks[:, :needed], values, missing, num_query, k1, k2)
 
     def distance(start: int, stop: int) -> Tensor:
         if not 0 <= start < stop <= num_query:
@@ -345,7 +345,7 @@ def exact_memory_bytes(num_total: int) -> int:
     return 2 * 4 * num_total * num_total
 
 
-class _JaccardGraph:
+class JaccardGraph:
     """The query-expanded encodings V of all samples, kept sparse, and their Jaccard distances.
 
     :param ranks: ``[N, K]`` nearest neighbours of every sample, nearest first,
@@ -353,6 +353,10 @@ class _JaccardGraph:
     :param values: ``Dn`` at (row, column) pairs, NaN where unknown (:data:`PairValues`).
     :param missing: ``(rows [M], cols [M]) -> Dn [M]`` for the unknown pairs; None if there are
         none.
+    :param num_query: rows that are queries; the Jaccard distances are to the others (0: every
+        sample is both, as for clustering).
+    :param near_count: neighbours (self included) from which ``R(i, k1)`` is taken: ``k1 + 1`` in
+        re-ranking (default), ``k1`` in the clustering of SpCL and DomainMix.
     """
 
     def __init__(
@@ -363,9 +367,11 @@ class _JaccardGraph:
         num_query: int,
         k1: int,
         k2: int,
+        near_count: int | None = None,
     ) -> None:
         num_total = ranks.shape[0]
-        row_ptr, cols, vals = _encode(ranks, values, missing, k1)
+        near_count = k1 + 1 if near_count is None else near_count
+        row_ptr, cols, vals = _encode(ranks, values, missing, k1, near_count)
         if k2 != 1:  # as in the reference; with k2 = 1 the mean could pick a tied non-self row
             row_ptr, cols, vals = _expand_locally(row_ptr, cols, vals, ranks[:, :k2])
         self.num_query, self.num_gallery = num_query, num_total - num_query
@@ -375,7 +381,8 @@ class _JaccardGraph:
         )
 
     def jaccard(self, start: int, stop: int) -> Tensor:
-        """``[stop - start, G]`` Jaccard distances of queries ``start:stop`` to the gallery."""
+        """``[stop - start, G]`` Jaccard distances of queries ``start:stop`` to the gallery (of
+        any samples ``start:stop`` to all N when ``num_query`` is 0)."""
         lo, hi = int(self.row_ptr[start]), int(self.row_ptr[stop])
         query = _owners(self.row_ptr[start : stop + 1].diff())  # [E] local query of each entry
         cols, vals = self.cols[lo:hi], self.vals[lo:hi]
@@ -397,13 +404,14 @@ def _encode(
     values: PairValues,
     missing: Callable[[Tensor, Tensor], Tensor] | None,
     k1: int,
+    near_count: int,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Sparse V: Gaussian weights on the expanded k-reciprocal sets, rows summing to 1.
 
     :returns: CSR ``row_ptr [N + 1]``, ``cols [nnz]`` (sorted within rows), ``vals [nnz]`` float32.
     """
     num_total = ranks.shape[0]
-    near = ranks[:, : min(k1 + 1, num_total)]
+    near = ranks[:, : min(near_count, num_total)]
     half = ranks[:, : min(round(k1 / 2) + 1, num_total)]  # round half to even, like numpy.around
     near_recip, half_recip = _reciprocal(near), _reciprocal(half)
     rows, cols, dn = [], [], []
@@ -527,7 +535,7 @@ def _scan(
     return torch.cat(ranks), torch.cat(dn_near), torch.cat(row_max)
 
 
-def _scan_blocks(source: FeatureRows, kept: int, block_size: int) -> tuple[Tensor, Tensor, Tensor]:
+def scan_blocks(source: FeatureRows, kept: int, block_size: int) -> tuple[Tensor, Tensor, Tensor]:
     """:func:`_scan` from features: every symmetric block of the distance computed once.
 
     Each block serves its rows and, transposed, its columns. Diagonal blocks come first and give
