@@ -1,4 +1,5 @@
-"""Label-smoothed cross-entropy and batch-hard triplet loss, checked against hand computations."""
+"""Label-smoothed cross-entropy, batch-hard triplet and domain balance losses, checked against
+hand computations."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 from reidgen.losses import (
     BatchHardTripletLoss,
     CrossEntropyLabelSmooth,
+    DomainBalanceLoss,
     hard_example_mining,
     pairwise_euclidean,
     triplet_ranking_loss,
@@ -48,6 +50,16 @@ def test_label_smoothing_matches_manual_formula(epsilon: float) -> None:
     smoothed = (1 - epsilon) * F.one_hot(targets, 7).float() + epsilon / 7
     expected = (-smoothed * logits.log_softmax(dim=1)).sum(dim=1).mean()
     torch.testing.assert_close(CrossEntropyLabelSmooth(epsilon)(logits, targets), expected)
+
+
+def test_temperature_divides_the_logits_first() -> None:
+    logits, targets = torch.randn(4, 5), torch.tensor([0, 1, 4, 2])
+    torch.testing.assert_close(
+        CrossEntropyLabelSmooth(0.1, temperature=2.0)(logits, targets),
+        CrossEntropyLabelSmooth(0.1)(logits / 2, targets),
+    )
+    with pytest.raises(ValueError, match="temperature"):
+        CrossEntropyLabelSmooth(0.1, temperature=0.0)
 
 
 def test_label_smoothing_zero_is_plain_cross_entropy() -> None:
@@ -164,3 +176,20 @@ def test_short_optimisation_lowers_triplet_loss(margin: float | None) -> None:
         optimizer.step()
     final = loss_fn(embed(inputs), labels).item()
     assert final < 0.5 * initial
+
+
+# --- domain balance -----------------------------------------------------------------------------
+
+
+def test_domain_balance_is_one_minus_ln2_at_equal_logits_and_larger_otherwise() -> None:
+    loss = DomainBalanceLoss()
+    assert loss(torch.zeros(3, 2)).item() == pytest.approx(1 - math.log(2))
+    assert loss(torch.full((3, 2), 4.0)).item() == pytest.approx(1 - math.log(2))
+    # One confident sample: p = (0.9, 0.1) -> 0.9 ln 0.9 + 0.1 ln 0.1 + 1.
+    confident = torch.tensor([[math.log(9.0), 0.0]])
+    expected = 0.9 * math.log(0.9) + 0.1 * math.log(0.1) + 1
+    assert loss(confident).item() == pytest.approx(expected, rel=1e-5)
+    # Its gradient makes the prediction less confident.
+    logits = confident.clone().requires_grad_(True)
+    loss(logits).backward()
+    assert logits.grad[0, 0] > 0 > logits.grad[0, 1]
