@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from sklearn.cluster import DBSCAN
 
+import embeddings
 from reidgen.clustering.pseudo_labels import PseudoLabeller, renumber
 
 MSMT_TRAIN = 32621
@@ -40,17 +41,8 @@ EPS, GAP, K1, K2, MIN_SAMPLES, MIN_SIZE = 0.6, 0.02, 30, 6, 4, 5
 
 
 def clustered_features(num: int, dim: int, seed: int = 0) -> torch.Tensor:
-    """``[N, D]`` float32 identity centres plus noise, generated a block at a time."""
-    generator = torch.Generator().manual_seed(seed)
-    num_ids = max(1, num // SAMPLES_PER_ID)
-    centres = torch.randn(num_ids, dim, generator=generator)
-    features = torch.empty(num, dim)
-    for start in range(0, num, 4096):
-        stop = min(start + 4096, num)
-        pids = torch.randint(num_ids, (stop - start,), generator=generator)
-        torch.randn(stop - start, dim, generator=generator, out=features[start:stop])
-        features[start:stop].mul_(1.6).add_(centres[pids])
-    return features
+    """``[N, D]`` float32 identities of ``SAMPLES_PER_ID`` samples (see ``embeddings.py``)."""
+    return embeddings.clustered_features(num, dim, SAMPLES_PER_ID, noise=1.6, seed=seed)
 
 
 def peak_gb() -> float:

@@ -39,6 +39,7 @@ from pathlib import Path
 
 import torch
 
+import embeddings
 from reidgen.eval.rerank import FeatureRows, rerank
 
 SIZES = {"market": (3368, 15913), "msmt": (11659, 82161)}
@@ -47,21 +48,9 @@ SAMPLES_PER_ID = 25
 REFERENCE_GB_PER_N2 = 10.0 / 19281**2  # measured order of the reference's peak, for the size check
 
 
-def clustered_features(num_total: int, dim: int, seed: int = 0) -> torch.Tensor:
-    """``[N, D]`` float32: identity centres plus noise, samples of an identity spread over the set.
-
-    Generated in place, a block at a time, so the features are the only large allocation.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    num_ids = max(1, num_total // SAMPLES_PER_ID)
-    centres = torch.randn(num_ids, dim, generator=generator)
-    features = torch.empty(num_total, dim)
-    for start in range(0, num_total, 4096):
-        stop = min(start + 4096, num_total)
-        pids = torch.randint(num_ids, (stop - start,), generator=generator)
-        torch.randn(stop - start, dim, generator=generator, out=features[start:stop])
-        features[start:stop].mul_(1.5).add_(centres[pids])
-    return features
+def clustered_features(num: int, dim: int, seed: int = 0) -> torch.Tensor:
+    """``[N, D]`` float32 identities of ``SAMPLES_PER_ID`` samples (see ``embeddings.py``)."""
+    return embeddings.clustered_features(num, dim, SAMPLES_PER_ID, noise=1.5, seed=seed)
 
 
 def peak_gb() -> float:

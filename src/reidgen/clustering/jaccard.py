@@ -18,7 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from reidgen.eval.rerank import DISTANCE_BLOCK, FeatureRows, JaccardGraph, scan_blocks
+from reidgen.eval.rerank import (
+    DISTANCE_BLOCK,
+    FeatureRows,
+    JaccardGraph,
+    near_lookup,
+    scan_blocks,
+)
 
 
 def jaccard_distance(
@@ -39,7 +45,7 @@ def jaccard_distance(
     :param chunk_size: rows of the ``[chunk_size, N]`` temporary of one step.
 
     :returns: ``[N, N]`` CSR float32 matrix of the kept distances, the diagonal (0) included,
-        columns sorted within each row, symmetric.
+        columns sorted within each row, symmetric up to float rounding.
     """
     if features.dim() != 2 or len(features) < 2:
         raise ValueError(f"features must be [N, D] with N >= 2, got {tuple(features.shape)}")
@@ -53,16 +59,15 @@ def jaccard_distance(
     kept = min(num_total, 2 * needed)
     ranks, normalised, row_max = scan_blocks(source, kept, DISTANCE_BLOCK)
     squared = normalised.mul_(row_max[:, None])
-    near_cols, order = ranks.sort(dim=1)
-    near_values = squared.gather(1, order)
-
-    def values(start: int, stop: int, cols: Tensor) -> Tensor:
-        sorted_cols = near_cols[start:stop]
-        pos = torch.searchsorted(sorted_cols, cols).clamp_max(kept - 1)
-        found = sorted_cols.gather(1, pos) == cols
-        return torch.where(found, near_values[start:stop].gather(1, pos), torch.nan)
-
-    graph = JaccardGraph(ranks[:, :needed], values, source.pair_squared, 0, k1, k2, near_count=k1)
+    graph = JaccardGraph(
+        ranks[:, :needed],
+        near_lookup(ranks, squared),
+        source.pair_squared,
+        0,
+        k1,
+        k2,
+        near_count=k1,
+    )
     rows, cols, data = [], [], []
     for start in range(0, num_total, chunk_size):
         stop = min(start + chunk_size, num_total)

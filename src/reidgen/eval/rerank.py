@@ -233,17 +233,7 @@ def rerank_topk(
             dn = rows(start, stop).square().float().div_(row_max[start:stop, None])
             return dn[:, num_query:]
 
-    # Sorted by column, so a (row, column) pair is found by binary search.
-    near_cols, order = ranks.sort(dim=1)
-    near_values = dn_near.gather(1, order)
-
-    def values(start: int, stop: int, cols: Tensor) -> Tensor:
-        sorted_cols = near_cols[start:stop]
-        pos = torch.searchsorted(sorted_cols, cols).clamp_max(kept - 1)
-        found = sorted_cols.gather(1, pos) == cols
-        return torch.where(found, near_values[start:stop].gather(1, pos), torch.nan)
-
-    graph = JaccardGraph(ranks[:, :needed], values, missing, num_query, k1, k2)
+    graph = JaccardGraph(ranks[:, :needed], near_lookup(ranks, dn_near), missing, num_query, k1, k2)
 
     def distance(start: int, stop: int) -> Tensor:
         if not 0 <= start < stop <= num_query:
@@ -338,6 +328,26 @@ def rerank_features(
         chunk_size=chunk_size,
         memory_budget=memory_budget,
     )
+
+
+def near_lookup(ranks: Tensor, near_values: Tensor) -> PairValues:
+    """:data:`PairValues` from each sample's kept neighbours: the value where a (row, column)
+    pair is among them, NaN elsewhere.
+
+    :param ranks: ``[N, K]`` kept neighbours of every sample; near_values: ``[N, K]`` their values.
+    """
+    kept = ranks.shape[1]
+    # Sorted by column, so a (row, column) pair is found by binary search.
+    near_cols, order = ranks.sort(dim=1)
+    sorted_values = near_values.gather(1, order)
+
+    def values(start: int, stop: int, cols: Tensor) -> Tensor:
+        sorted_cols = near_cols[start:stop]
+        pos = torch.searchsorted(sorted_cols, cols).clamp_max(kept - 1)
+        found = sorted_cols.gather(1, pos) == cols
+        return torch.where(found, sorted_values[start:stop].gather(1, pos), torch.nan)
+
+    return values
 
 
 def exact_memory_bytes(num_total: int) -> int:
