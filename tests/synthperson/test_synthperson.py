@@ -554,6 +554,9 @@ def test_protocol_configs_compose(name: str, tmp_path: Path) -> None:
     )
     for dataset in {*data["sources"], *data["targets"]}:
         assert data["catalogue"][dataset]["domain"] == dataset.removeprefix("synth_")
+        # Randomization transfers with many identities only (README); the targets are small.
+        expected = "wide" if dataset == "synth_randomized" else "small"
+        assert data["catalogue"][dataset]["preset"] == expected
 
 
 def test_labelled_unlabelled_config_builds_on_tiny_data(
@@ -632,3 +635,12 @@ def test_gap_ablation_variants_are_street_with_studio_groups() -> None:
         changed = {key for key in street if key != "name" and values[key] != street[key]}
         assert changed, path
         assert all(values[key] == studio[key] for key in changed), path
+    # README's randomization rows: randomized with less colour cast, drawn as randomized.
+    lowcast = load_domain_style(root / "randomized_lowcast.yaml")
+    randomized = BUILTIN_DOMAINS["randomized"]
+    changed = {
+        field.name
+        for field in dataclasses.fields(randomized)
+        if getattr(lowcast, field.name) != getattr(randomized, field.name)
+    }
+    assert changed == {"name", "draws_of", "colour_cast", "image_colour_cast"}

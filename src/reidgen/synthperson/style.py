@@ -11,8 +11,8 @@ The built-in domains:
 * ``street``: a campus in summer (dark and neutral clothes, facades, casts, blur, JPEG);
 * ``mall``: an indoor shopping mall seen by CCTV cameras mounted high: artificial light of one
   colour per camera (``light_tints``), a downward view (``camera_tilt``: larger heads, shorter
-  legs, more hair than face, more floor), low resolution and blur, crowds (``crowd``: several
-  passers-by in one crop, often in front of the person), winter coats;
+  legs, more hair than face, more floor), low resolution and blur, crowds (``crowd``: up to two
+  passers-by in one crop, in front of the person in 30% of the crops), winter colours;
 * ``randomized``: domain randomization as RandPerson, UnrealPerson and ClonedPerson do it. Every
   camera draws its scene kind (``background`` or one of ``alt_backgrounds``), light colour,
   brightness, colour cast, contrast, downward view, sharpness (``camera_resolution`` times each
