@@ -30,6 +30,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_training_step.py
 	$(BIN)/python benchmarks/bench_ranking.py
 	$(BIN)/python benchmarks/bench_rerank.py
+	$(BIN)/python benchmarks/bench_clustering.py
 	$(BIN)/python benchmarks/bench_qaconv_matcher.py
 
 # The main job: train the baseline on SynthPerson (generated on first use), evaluate, print the
