@@ -101,10 +101,10 @@ def test_randomized_ranges_contain_the_built_in_domains() -> None:
     assert RANDOMIZED.palette_jitter >= max(s.palette_jitter for s in (STUDIO, STREET, MALL))
 
 
-def test_newer_domain_settings_leave_studio_and_mall_as_published() -> None:
+def test_newer_domain_settings_leave_studio_as_published_and_built_ins_keep_their_draws() -> None:
     # The domain key names the folder of a dataset: had a new DomainStyle field entered studio's
-    # dictionary, every existing studio folder would have been found damaged. Street was retuned
-    # by the calibration (spread_cameras among others) but keeps its draws.
+    # dictionary, every existing studio folder would have been found damaged. Street and mall were
+    # retuned by the calibration (street with spread_cameras) but keep their draws.
     assert SynthPersonSpec(STUDIO, get_preset("tiny")).domain_key == 0xF7CE4C91
     assert not set(LATER_FIELDS) & set(STUDIO.to_dict())
     assert set(LATER_FIELDS) & set(STREET.to_dict()) == {"spread_cameras"}

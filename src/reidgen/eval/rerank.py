@@ -32,6 +32,10 @@ nearest ``candidates`` (memory ``O(N * k)``) and returns a chunked distance func
 plain callable, the top-k path computes each symmetric block of the distance once and keeps each
 block's candidates by a running threshold instead of sorting whole rows (at MSMT17 size, 11,659 +
 82,161 2048-d features, the distance products are most of the cost; ``docs/evaluation.md`` §4.3).
+
+The sparse encoding (:class:`JaccardGraph`), the block scan (:func:`scan_blocks`) and the
+neighbour lookup (:func:`near_lookup`) also serve the clustering of unlabelled data
+(:mod:`reidgen.clustering.jaccard`), whose Jaccard distance differs only in its details.
 """
 
 from __future__ import annotations

@@ -362,8 +362,8 @@ MALL = DomainStyle(
     name="mall",
     num_cameras=5,
     # Indoors in winter (coats): mall's winter colours, but the near-blacks and navies that made
-    # every third person a dark silhouette weigh half of what they were published with
-    # (docs/synthperson_calibration.md, section 4).
+    # every third person a dark silhouette weigh half of what they were published with, and the
+    # few bright coats more (docs/synthperson_calibration.md, section 4).
     garment_palette=_palette(
         ("1c1c1c", 2.5),
         ("2b2b33", 1.5),
