@@ -13,6 +13,7 @@ from torch import nn
 from reidgen.models import (
     IBN,
     BNNeckHead,
+    DomainDiscriminator,
     GeMPool,
     GlobalAvgPool,
     InstanceNormBottleneck,
@@ -283,3 +284,27 @@ def test_bnneck_classifier_bias_option() -> None:
     head = BNNeckHead(in_channels=8, num_classes=3, bias_free_classifier=False)
     assert head.classifier.bias is not None
     torch.testing.assert_close(head.classifier.bias, torch.zeros(3))
+
+
+def test_domain_discriminator_shape_and_it_learns_to_tell_two_domains_apart() -> None:
+    torch.manual_seed(0)
+    discriminator = DomainDiscriminator(64)
+    widths = [m.out_features for m in discriminator.modules() if isinstance(m, nn.Linear)]
+    assert widths == [32, 16, 8, 2]  # halved three times, then the domain logits
+    shift = torch.zeros(64)
+    shift[:8] = 2.0  # the best possible accuracy is then 99.8%
+    optimizer = torch.optim.Adam(discriminator.parameters(), lr=1e-2)
+    for _ in range(60):
+        features = torch.randn(64, 64)
+        domains = torch.arange(64) % 2
+        features[domains == 1] += shift
+        loss = nn.functional.cross_entropy(discriminator(features), domains)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    discriminator.eval()
+    test = torch.randn(200, 64)
+    truth = torch.arange(200) % 2
+    test[truth == 1] += shift
+    accuracy = (discriminator(test).argmax(1) == truth).float().mean()
+    assert accuracy > 0.95

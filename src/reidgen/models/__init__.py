@@ -1,12 +1,14 @@
-"""Shared model building blocks: backbones (feature maps), global pooling, embedding heads."""
+"""Shared model building blocks: backbones (feature maps), global pooling, embedding heads, a
+domain discriminator."""
 
 from reidgen.models.backbones import IBN, InstanceNormBottleneck, ResNetBackbone
-from reidgen.models.heads import BNNeckHead, HeadOutput
+from reidgen.models.heads import BNNeckHead, DomainDiscriminator, HeadOutput
 from reidgen.models.pooling import GeMPool, GlobalAvgPool
 
 __all__ = [
     "IBN",
     "BNNeckHead",
+    "DomainDiscriminator",
     "GeMPool",
     "GlobalAvgPool",
     "HeadOutput",

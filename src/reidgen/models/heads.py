@@ -53,3 +53,33 @@ class BNNeckHead(nn.Module):
     def forward(self, features: Tensor) -> HeadOutput:
         bn_features = self.bn(features)
         return HeadOutput(features, bn_features, self.classifier(bn_features))
+
+
+class DomainDiscriminator(nn.Module):
+    """Which domain a feature comes from (DomainMix's ``classifier_D``): an MLP of Linear,
+    BatchNorm1d and LeakyReLU(0.2) layers, then a linear layer to the domain logits.
+
+    ``forward(features [B, C]) -> [B, num_domains]`` logits.
+
+    :param in_channels: ``C``.
+    :param num_domains: 2 for synthetic and real.
+    :param hidden: widths of the hidden layers; None halves ``C`` three times (DomainMix on
+        ResNet-50: 2048 -> 1024 -> 512 -> 256 -> 2).
+    """
+
+    def __init__(
+        self, in_channels: int, num_domains: int = 2, hidden: tuple[int, ...] | None = None
+    ) -> None:
+        super().__init__()
+        if hidden is None:
+            hidden = (in_channels // 2, in_channels // 4, in_channels // 8)
+        layers: list[nn.Module] = []
+        width = in_channels
+        for size in hidden:
+            layers += [nn.Linear(width, size), nn.BatchNorm1d(size), nn.LeakyReLU(0.2)]
+            width = size
+        layers.append(nn.Linear(width, num_domains))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.layers(features)
