@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.metrics import normalized_mutual_info_score
 
-from reidgen.clustering.reliability import singletons_for_outliers
+from reidgen.clustering.reliability import cell_sizes, singletons_for_outliers
 
 
 @dataclass(frozen=True)
@@ -32,9 +32,11 @@ class LabelQuality:
 
 
 def _same_pairs(*labelings: np.ndarray) -> int:
-    """Unordered pairs of samples that agree on every labeling (O(N), by counting cells)."""
-    _, counts = np.unique(np.stack(labelings, axis=1), axis=0, return_counts=True)
-    return int((counts * (counts - 1) // 2).sum())
+    """Unordered pairs of samples that agree on every labeling: a cell of c samples holds
+    c (c - 1) / 2, and each of its samples counts c - 1 of them twice over."""
+    if len(labelings[0]) == 0:
+        return 0
+    return int((cell_sizes(*labelings) - 1).sum()) // 2
 
 
 def label_quality(pseudo_labels: np.ndarray, true_ids: np.ndarray) -> LabelQuality:

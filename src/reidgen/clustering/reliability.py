@@ -32,6 +32,15 @@ def singletons_for_outliers(labels: np.ndarray) -> np.ndarray:
     return out
 
 
+def cell_sizes(*labelings: np.ndarray) -> np.ndarray:
+    """``[N]`` for every sample, how many samples share all its labels: the size of its cell in
+    the contingency table of the labelings (``[N]`` arrays of the same samples). O(N log N)."""
+    _, cell, counts = np.unique(
+        np.stack(labelings, axis=1), axis=0, return_inverse=True, return_counts=True
+    )
+    return counts[cell.reshape(-1)]
+
+
 def set_iou(labels: np.ndarray, other: np.ndarray) -> np.ndarray:
     """``[N]`` IoU of sample i's set under ``labels`` with its set under ``other``.
 
@@ -40,13 +49,8 @@ def set_iou(labels: np.ndarray, other: np.ndarray) -> np.ndarray:
     labels, other = np.asarray(labels), np.asarray(other)
     if labels.shape != other.shape or labels.ndim != 1:
         raise ValueError(f"labelings must be two [N] arrays, got {labels.shape} and {other.shape}")
-    _, cell, joint = np.unique(
-        np.stack([labels, other], axis=1), axis=0, return_inverse=True, return_counts=True
-    )
-    _, first, size_first = np.unique(labels, return_inverse=True, return_counts=True)
-    _, second, size_second = np.unique(other, return_inverse=True, return_counts=True)
-    both = joint[cell.reshape(-1)]
-    return both / (size_first[first] + size_second[second] - both)
+    both = cell_sizes(labels, other)
+    return both / (cell_sizes(labels) + cell_sizes(other) - both)
 
 
 @dataclass(frozen=True)
