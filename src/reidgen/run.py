@@ -42,6 +42,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         datamodule.num_classes,
         evaluation=cfg.eval,
         test_transform=cfg.data.test_transform,
+        num_unlabelled_images=datamodule.num_unlabelled_images,
     )
 
     checkpoints = run_dir / "checkpoints"

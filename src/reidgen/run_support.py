@@ -41,9 +41,11 @@ def build_method(
     num_classes: int,
     evaluation: Mapping[str, Any] | DictConfig | None = None,
     test_transform: Mapping[str, Any] | DictConfig | None = None,
+    num_unlabelled_images: int = 0,
 ) -> ReIDMethod:
     """The one place a method is built: from its config (``conf/method/*``, with ``_target_``),
-    with the test-time options and the test transform config it is evaluated with.
+    with the test-time options, the test transform config it is evaluated with and the number of
+    images of the unlabelled training sources (``ReIDDataModule.num_unlabelled_images``).
 
     Hydra instantiates the method's own parameters (backbones, optimizer factories, ...); the
     three plain configs are passed as they are and stored in the checkpoint's hyper-parameters.
@@ -54,6 +56,7 @@ def build_method(
         evaluation=_container(evaluation),
         test_transform=_container(test_transform),
         config=config,
+        num_unlabelled_images=num_unlabelled_images,
     )
     if not isinstance(method, ReIDMethod):
         raise TypeError(f"{config.get('_target_')} is not a ReIDMethod")
@@ -130,6 +133,7 @@ def load_method(
             hyper["num_classes"],
             evaluation=hyper.get("evaluation") if evaluation is None else evaluation,
             test_transform=hyper.get("test_transform"),
+            num_unlabelled_images=int(hyper.get("num_unlabelled_images") or 0),
         )
     except Exception as error:
         raise ValueError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -113,6 +114,36 @@ def test_setup_fit_counts_identities_of_all_sources(street, studio) -> None:
         assert len(dataset) == len(splits.query) + len(splits.gallery)
     module.setup("fit")  # safe to call twice
     assert module.num_classes == expected
+
+
+class QueryAsTrainSource:
+    """A copy of a dataset whose train split is that dataset's query images (a folder mix-up)."""
+
+    def __init__(self, source: SynthPersonSource) -> None:
+        self.source = source
+        self.name = "mixed_up"
+
+    def load(self) -> Splits:
+        splits = self.source.load()
+        return replace(splits, name=self.name, train=splits.query, variant="", expected=None)
+
+
+@pytest.mark.parametrize("unlabelled", [[], ["mixed_up"]])
+def test_training_source_holding_test_images_is_refused(studio, street, unlabelled) -> None:
+    module = make_module(
+        [street, QueryAsTrainSource(studio)], [studio], unlabelled=unlabelled, validation="off"
+    )
+    kind = "unlabelled source" if unlabelled else "training source"
+    with pytest.raises(ValueError, match=f"{kind} 'mixed_up' contains .* of test target"):
+        module.setup("fit")
+
+
+def test_num_unlabelled_images_counts_the_unlabelled_sources(street, studio) -> None:
+    module = make_module([street, studio], [studio], unlabelled=["synth_street"])
+    with pytest.raises(RuntimeError, match="after setup"):
+        module.num_unlabelled_images  # noqa: B018
+    module.setup("fit")
+    assert module.num_unlabelled_images == len(street.load().train)
 
 
 class ExplodingSource:

@@ -40,10 +40,20 @@ class FixedSource:
         self.expected = expected
 
     def load(self) -> Splits:
-        train = [
-            Sample(f"/x/{i}.jpg", pid=1 + i % 3, camid=i % 2, dataset=self.name) for i in range(9)
-        ]
-        return Splits(self.name, train, train[:2], train[2:], variant="v1", expected=self.expected)
+        def split(folder: str, count: int) -> list[Sample]:
+            return [
+                Sample(f"/x/{folder}/{i}.jpg", pid=1 + i % 3, camid=i % 2, dataset=self.name)
+                for i in range(count)
+            ]
+
+        return Splits(
+            self.name,
+            split("train", 9),
+            split("query", 2),
+            split("gallery", 7),
+            variant="v1",
+            expected=self.expected,
+        )
 
 
 def test_count_mismatches_lists_each_difference() -> None:

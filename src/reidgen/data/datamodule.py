@@ -173,6 +173,13 @@ class ReIDDataModule(pl.LightningDataModule):
             raise RuntimeError("num_classes is known after setup('fit')")
         return len(self.label_of)
 
+    @property
+    def num_unlabelled_images(self) -> int:
+        """Training images of the ``unlabelled`` sources (known after ``setup('fit')``)."""
+        if self.pool is None:
+            raise RuntimeError("num_unlabelled_images is known after setup('fit')")
+        return sum(len(source.samples) for source in self.pool if not source.labelled)
+
     def _load(self, source: DatasetSource) -> Splits:
         splits = source.load()
         if self.validation != "off":
@@ -205,6 +212,24 @@ class ReIDDataModule(pl.LightningDataModule):
                     getattr(target, "protocol", None),
                     name=target.name,
                 )
+        if self.pool is not None:
+            self._check_no_test_image_in_training()
+
+    def _check_no_test_image_in_training(self) -> None:
+        """Refuses a training source (labelled or not) that holds a target's query or gallery
+        images: pseudo labels or features learned on test images would score the test itself."""
+        for source in self.pool or []:
+            paths = {str(sample.path) for sample in source.samples}
+            for name, dataset in self.eval_sets.items():
+                shared = sorted(str(s.path) for s in dataset.samples if str(s.path) in paths)
+                if shared:
+                    kind = "unlabelled source" if not source.labelled else "training source"
+                    raise ValueError(
+                        f"{kind} {source.name!r} contains {len(shared)} query/gallery images of "
+                        f"test target {name!r} (e.g. {shared[0]}): training images must not be "
+                        "test images. Use a dataset's train split as a source and its query and "
+                        "gallery as a target, never the same files for both"
+                    )
 
     def _setup_pool(self) -> None:
         names = [source.name for source in self.sources]

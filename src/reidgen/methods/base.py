@@ -10,13 +10,16 @@ data module, and the results are logged as ``<stage>/<target>/<metric>`` plus th
 
 A method is built once, with everything it needs (``reidgen.run_support.build_method``): its own
 parameters, ``num_classes``, the test-time options (``evaluation``), the test transform it was
-trained with and its own config. The last three are stored as hyper-parameters in every
-checkpoint, so a checkpoint alone rebuilds the method (``reidgen.run_support.load_method``).
+trained with and its own config, and the number of unlabelled training images (an upper bound on
+the pseudo identities a clustering method can make of them). The last four are stored as
+hyper-parameters in every checkpoint, so a checkpoint alone rebuilds the method
+(``reidgen.run_support.load_method``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import pytorch_lightning as pl
@@ -54,6 +57,9 @@ class ReIDMethod(pl.LightningModule):
     :param test_transform: the config of the test transform the method is trained with, so that
         evaluating a checkpoint prepares images the same way (size, normalisation).
     :param config: the method's own config (with ``_target_``), to rebuild it from a checkpoint.
+    :param num_unlabelled_images: images of the ``data.unlabelled`` sources: methods that
+        pseudo-label them size per-cluster parameters from it (DomainMix's classifier), and a
+        checkpoint rebuilds them with the same shapes.
     """
 
     def __init__(
@@ -62,12 +68,15 @@ class ReIDMethod(pl.LightningModule):
         evaluation: Mapping[str, Any] | None = None,
         test_transform: Mapping[str, Any] | None = None,
         config: Mapping[str, Any] | None = None,
+        num_unlabelled_images: int = 0,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
+        self.num_unlabelled_images = num_unlabelled_images
         self.save_hyperparameters(
             {
                 "num_classes": num_classes,
+                "num_unlabelled_images": num_unlabelled_images,
                 "evaluation": dict(evaluation) if evaluation is not None else None,
                 "test_transform": dict(test_transform) if test_transform is not None else None,
                 "config": dict(config) if config is not None else None,
@@ -144,6 +153,26 @@ class ReIDMethod(pl.LightningModule):
         return None
 
     # ------------------------------------------------------------------- helpers
+    @contextmanager
+    def inference(self) -> Iterator[None]:
+        """For looking at training images mid-training (a class graph, clustering features):
+        every module in eval mode, no autograd, and the training precision's autocast (bf16 /
+        fp16) when a trainer runs this; each module's mode is restored afterwards."""
+        modes = {module: module.training for module in self.modules()}
+        trainer = self._trainer
+        precision = (
+            trainer.precision_plugin.forward_context()
+            if trainer is not None
+            else torch.autocast(self.device.type, enabled=False)
+        )
+        self.eval()
+        try:
+            with torch.inference_mode(), precision:
+                yield
+        finally:
+            for module, mode in modes.items():
+                module.training = mode
+
     @staticmethod
     def with_epoch_scheduler(
         optimizer: Optimizer, scheduler: Callable[[Optimizer], LRScheduler] | None

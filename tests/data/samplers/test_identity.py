@@ -288,3 +288,32 @@ def test_defaults_to_a_single_process_without_a_process_group() -> None:
     sampler = RandomIdentitySampler(make_labels(), num_instances=4, batch_size=32)
     assert (sampler.num_replicas, sampler.rank) == (1, 0)
     assert "P=8, K=4" in repr(sampler)
+
+
+@pytest.mark.parametrize("fixed", [1, 5, 23])
+def test_batches_per_epoch_fixes_the_length_and_keeps_p_x_k_batches(fixed: int) -> None:
+    labels = make_labels(num_ids=20, lo=2, hi=9)
+    natural = RandomIdentitySampler(labels, num_instances=4, batch_size=16, seed=2)
+    sampler = RandomIdentitySampler(
+        labels, num_instances=4, batch_size=16, seed=2, batches_per_epoch=fixed
+    )
+    assert natural.num_batches < 23  # so 23 needs a second plan of the same epoch
+    for epoch in (0, 1):
+        natural.set_epoch(epoch)
+        sampler.set_epoch(epoch)
+        indices = list(sampler)
+        assert len(indices) == len(sampler) == fixed * 16
+        for batch in batches_of(indices, 16):
+            check_pk(labels, batch, 4, 4)
+        # The first plan is the natural epoch's, so batches_per_epoch=None is the special case.
+        shared = min(fixed, natural.num_batches) * 16
+        assert indices[:shared] == list(natural)[:shared]
+    sampler.set_epoch(0)
+    first = list(sampler)
+    sampler.set_epoch(0)
+    assert list(sampler) == first
+
+
+def test_batches_per_epoch_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="batches_per_epoch must be positive"):
+        RandomIdentitySampler(make_labels(), batches_per_epoch=0)

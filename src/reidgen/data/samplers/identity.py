@@ -75,6 +75,10 @@ class RandomIdentitySampler(EpochPlanSampler):
     :param domains: domain of every dataset item (length N), used when ``domain_balanced``.
     :param domain_balanced: every global batch takes ``P / D`` identities from each of the ``D``
         domains (for multi-source training).
+    :param batches_per_epoch: a fixed epoch length in global batches (fast-reid's
+        ``iters_per_epoch``, DomainMix's 2000 iterations), for training sets whose size changes
+        from epoch to epoch (pseudo labels). The epoch is then consecutive plans, each made as
+        below from the same epoch's random stream, cut at that many batches. None: one plan.
 
     Epoch plan (global, identical on every rank):
 
@@ -125,8 +129,11 @@ class RandomIdentitySampler(EpochPlanSampler):
         rank: int | None = None,
         domains: Sequence[int] | None = None,
         domain_balanced: bool = False,
+        batches_per_epoch: int | None = None,
     ) -> None:
         super().__init__()
+        if batches_per_epoch is not None and batches_per_epoch < 1:
+            raise ValueError(f"batches_per_epoch must be positive or None, got {batches_per_epoch}")
         num_replicas, rank = resolve_replicas(num_replicas, rank, num_instances, batch_size)
 
         label_arr = label_array(labels)
@@ -186,10 +193,11 @@ class RandomIdentitySampler(EpochPlanSampler):
             self.domain_ids = []
         self._ids_per_group = self.num_identities_per_batch // len(self._groups)
 
-        self.num_batches = min(
+        # Batches of one plan (step 2); the epoch has num_batches of them.
+        self._plan_batches = min(
             max_full_batches(chunk_counts[g], self._ids_per_group) for g in self._groups
         )
-        if self.num_batches == 0:
+        if self._plan_batches == 0:
             detail = (
                 f"each of the {len(self._groups)} domains needs at least "
                 f"{self._ids_per_group} identities"
@@ -197,6 +205,7 @@ class RandomIdentitySampler(EpochPlanSampler):
                 else f"{len(pids)} identities < P = {self.num_identities_per_batch}"
             )
             raise ValueError(f"not a single P x K batch can be formed: {detail}")
+        self.num_batches = batches_per_epoch or self._plan_batches
 
         self.epoch = 0
         self._position = 0  # indices already yielded on this rank in the current epoch
@@ -242,9 +251,9 @@ class RandomIdentitySampler(EpochPlanSampler):
         per_batch = self._ids_per_group
         chunks = [self._chunks(rng, int(p)) for p in members]
         remaining = np.array([len(c) for c in chunks], dtype=np.int64)
-        plan = np.empty((self.num_batches, per_batch, self.num_instances), dtype=np.int64)
-        for b in range(self.num_batches):
-            left = self.num_batches - b  # batches still to fill, this one included
+        plan = np.empty((self._plan_batches, per_batch, self.num_instances), dtype=np.int64)
+        for b in range(self._plan_batches):
+            left = self._plan_batches - b  # batches still to fill, this one included
             saturated = remaining >= left
             n_sat = int(saturated.sum())
             # At most `quota` unsaturated picks keep the remaining batches feasible (docstring).
@@ -276,13 +285,17 @@ class RandomIdentitySampler(EpochPlanSampler):
         if self._plan_cache is not None and self._plan_cache[0] == key:
             return self._plan_cache[1]
         rng = self._rng(epoch)
-        parts = [self._group_plan(rng, g) for g in self._groups]  # D x [B, P/D, K]
-        # Interleave domains group by group: [B, D, P/D, K] -> [B, P/D, D, K] -> [B, P, K].
-        plan = (
-            np.stack(parts, axis=1)
-            .transpose(0, 2, 1, 3)
-            .reshape(self.num_batches, -1, self.num_instances)
-        )
+        plans, planned = [], 0
+        while planned < self.num_batches:
+            parts = [self._group_plan(rng, g) for g in self._groups]  # D x [B, P/D, K]
+            # Interleave domains group by group: [B, D, P/D, K] -> [B, P/D, D, K] -> [B, P, K].
+            plans.append(
+                np.stack(parts, axis=1)
+                .transpose(0, 2, 1, 3)
+                .reshape(self._plan_batches, -1, self.num_instances)
+            )
+            planned += self._plan_batches
+        plan = np.concatenate(plans)[: self.num_batches]
         self._plan_cache = (key, plan)
         return plan
 

@@ -256,31 +256,18 @@ class QAConvMethod(ReIDMethod):
         images (docs/methods/qaconv.md §5.1). Identical on every DDP rank (rank 0's table is
         broadcast).
         """
-        was_training = {module: module.training for module in self.modules()}
-        self.eval()
-        try:
-            with torch.inference_mode(), self._precision_context():
-                maps = torch.cat(
-                    [
-                        self.extract(batch["image"].to(self.device))[MAPS]
-                        for batch in datamodule.train_images(representatives)
-                    ]
-                )
-                scores = self.matcher.scores_in_chunks(maps, maps, *self.eval_chunks)
-            nearest = nearest_classes(-scores.float().cpu(), num_neighbours).to(self.device)
-        finally:
-            for module, mode in was_training.items():
-                module.training = mode
+        with self.inference():
+            maps = torch.cat(
+                [
+                    self.extract(batch["image"].to(self.device))[MAPS]
+                    for batch in datamodule.train_images(representatives)
+                ]
+            )
+            scores = self.matcher.scores_in_chunks(maps, maps, *self.eval_chunks)
+        nearest = nearest_classes(-scores.float().cpu(), num_neighbours).to(self.device)
         if world_size() > 1:
             dist.broadcast(nearest, src=0)
         return nearest.cpu()
-
-    def _precision_context(self) -> Any:
-        # The same autocast as the training forward (bf16 / fp16), when a trainer runs this.
-        trainer = self._trainer
-        if trainer is None:
-            return torch.autocast(self.device.type, enabled=False)
-        return trainer.precision_plugin.forward_context()
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
