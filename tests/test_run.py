@@ -103,7 +103,13 @@ def test_training_learns_and_beats_chance(two_epoch_run: Path, synth_data_dir: P
         assert key in target
     for name in ("config.yaml", "metrics.json", "checkpoints/last.ckpt", ".hydra/config.yaml"):
         assert (two_epoch_run / name).is_file(), name
-    assert list((two_epoch_run / "checkpoints").glob("best-epoch=*.ckpt"))
+    best_checkpoints = list((two_epoch_run / "checkpoints").glob("best-epoch=*.ckpt"))
+    assert len(best_checkpoints) == 1
+    # Validated every epoch (experiment=quick): the best epoch is recorded apart from the last
+    # epoch's metrics, labelled as chosen on the targets.
+    best = record["best_on_targets"]
+    assert best["checkpoint"] == best_checkpoints[0].name
+    assert 0 < best["val/mean/mAP"] <= 100 and "not a held-out" in best["note"]
 
 
 @pytest.mark.slow
