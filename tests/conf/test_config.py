@@ -134,6 +134,12 @@ def test_paper_rows_compose_and_build(row: dict, tmp_path: Path) -> None:
         assert data["train_transform"]["hue"] == 0.1
         assert data["sampler"]["_target_"].endswith("GraphSampler")
         assert cfg.method.freeze_backbone_bn and cfg.method.backbone.ibn == "b"
+    if "DomainMix" in cfg.method._target_:
+        # The official clustering and cluster rows, not the SynthPerson defaults.
+        labeller = cfg.method.labeller
+        assert (labeller.eps, labeller.eps_gap, labeller.k1, labeller.k2) == (0.6, 0.02, 30, 6)
+        assert cfg.method.cluster_from_epoch == 0 and cfg.method.match_row_norm is False
+        assert data["sampler"]["batches_per_epoch"] == 2000
 
 
 def test_method_recipe_adjusts_the_data_side_and_the_command_line_wins(tmp_path: Path) -> None:

@@ -79,6 +79,10 @@ class DomainMix(ReIDMethod):
     :param domain_label_ge: the domain label of an image is "real" iff its label ``>=
         num_classes`` (True); the official code's ``>``, which calls the first real cluster
         synthetic, with False.
+    :param match_row_norm: scale the re-initialised cluster rows to the mean norm of the
+        labelled identities' rows (True), or leave them unit-norm as the official code does
+        (False). Unit rows much longer than the learned ones turn every cluster into a strong
+        attractor for all images (docs/methods/domainmix.md, "Deviations").
     :param settings: passed to :class:`~reidgen.methods.base.ReIDMethod`; its
         ``num_unlabelled_images`` sizes the classifier: one row per labelled identity and one
         per possible cluster, ``num_unlabelled_images // labeller.min_cluster_size``.
@@ -103,6 +107,7 @@ class DomainMix(ReIDMethod):
         label_smoothing: float = 0.1,
         triplet_margin: float | None = None,
         domain_label_ge: bool = True,
+        match_row_norm: bool = True,
         **settings: Any,
     ) -> None:
         super().__init__(num_classes, **settings)
@@ -132,6 +137,7 @@ class DomainMix(ReIDMethod):
         self.balance_weight = balance_weight
         self.temperature = temperature
         self.domain_label_ge = domain_label_ge
+        self.match_row_norm = match_row_norm
         # Classes of the current epoch: the labelled identities and this epoch's clusters.
         self.active_classes = num_classes
         # The phase-B epoch whose fresh optimizers were made, so a resumed epoch keeps its own.
@@ -227,14 +233,18 @@ class DomainMix(ReIDMethod):
     @torch.no_grad()
     def reset_cluster_rows(self, features: Tensor, labels: PseudoLabels) -> None:
         """Classifier rows ``num_classes + c`` := the L2-normalised mean of cluster ``c``'s
-        features ``[N, C]``; the labelled identities' rows keep what they learned."""
+        features ``[N, C]`` (scaled to the labelled rows' mean norm with ``match_row_norm``);
+        the labelled identities' rows keep what they learned."""
         kept = torch.from_numpy(labels.labels >= 0)
         clusters = torch.from_numpy(labels.labels[kept.numpy()])
         sums = torch.zeros(labels.num_clusters, features.shape[1], dtype=torch.float64)
         sums.index_add_(0, clusters, features[kept].double())
-        centres = F.normalize(sums, dim=1).to(self.head.classifier.weight)
+        weight = self.head.classifier.weight
+        centres = F.normalize(sums, dim=1).to(weight)
+        if self.match_row_norm:
+            centres *= weight[: self.num_classes].norm(dim=1).mean()
         start = self.num_classes
-        self.head.classifier.weight[start : start + labels.num_clusters] = centres
+        weight[start : start + labels.num_clusters] = centres
 
     def _record(self, epoch: int, labels: PseudoLabels, true_ids: np.ndarray | None) -> None:
         record = EpochLabels.of(epoch, labels, true_ids)

@@ -45,16 +45,23 @@ def test_classifier_has_a_row_per_labelled_identity_and_per_possible_cluster() -
     assert method.active_classes == 5
 
 
-def test_cluster_rows_become_normalised_cluster_means_and_labelled_rows_stay() -> None:
-    method = make_method()
+@pytest.mark.parametrize("match_row_norm", [False, True])
+def test_cluster_rows_become_normalised_cluster_means_and_labelled_rows_stay(
+    match_row_norm: bool,
+) -> None:
+    method = make_method(match_row_norm=match_row_norm)
+    with torch.no_grad():
+        method.head.classifier.weight[:5] *= torch.arange(1.0, 6.0)[:, None]
     before = method.head.classifier.weight.detach().clone()
+    # Official: unit rows; matched: the labelled rows' mean norm.
+    scale = before[:5].norm(dim=1).mean() if match_row_norm else torch.tensor(1.0)
     features = F.normalize(torch.randn(12, 8), dim=1)
     labels = np.array([0, 1, -1, 0, 2, 1, 1, -1, 2, 0, 2, 2])
     method.reset_cluster_rows(features, PseudoLabels(labels, eps=0.6))
     weight = method.head.classifier.weight.detach()
     for cluster in range(3):
         mean = features[torch.from_numpy(labels == cluster)].mean(0)
-        assert torch.allclose(weight[5 + cluster], mean / mean.norm(), atol=1e-6)
+        assert torch.allclose(weight[5 + cluster], scale * mean / mean.norm(), atol=1e-6)
     assert torch.equal(weight[:5], before[:5])
     assert torch.equal(weight[8:], before[8:])
 

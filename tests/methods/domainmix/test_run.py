@@ -23,6 +23,12 @@ DOMAINMIX = [
     f"data.sampler.batches_per_epoch={BATCHES}",
     "method.adversarial_from_epoch=1",
     "method.discriminator_every=2",
+    # The official clustering, from the first epoch: it groups a barely trained model's tiny
+    # street into clusters (the SynthPerson defaults wait for a trained one).
+    "method.cluster_from_epoch=0",
+    "method.labeller.eps=0.6",
+    "method.labeller.k1=30",
+    "method.labeller.k2=6",
     "hardware=cpu",
     "trainer.precision=32-true",
     "trainer.log_every_n_steps=1",
