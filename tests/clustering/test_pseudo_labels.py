@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from reidgen.clustering.pseudo_labels import PseudoLabeller, renumber
+from reidgen.clustering.pseudo_labels import PseudoLabeller, renumber, true_identity_labels
 from reidgen.clustering.quality import label_quality
 
 
@@ -24,6 +24,17 @@ def test_renumbering_keeps_large_clusters_in_order_of_their_first_sample() -> No
     assert renumber(labels, 2).tolist() == [0, 0, -1, 1, 1, 1, -1, 0, 1]
     assert renumber(labels, 4).tolist() == [-1, -1, -1, 0, 0, 0, -1, -1, 0]
     assert renumber(np.array([-1, -1]), 1).tolist() == [-1, -1]
+
+
+def test_true_identity_labels_are_a_perfect_clustering_with_the_size_filter() -> None:
+    identities = np.array([7, 3, 7, 3, 9, 7, 3, 3])
+    labels = true_identity_labels(identities, min_cluster_size=3)
+    # 7 (first at 0) and 3 (first at 1) have 3 and 4 images; 9 has one and is left out.
+    assert labels.labels.tolist() == [0, 1, 0, 1, -1, 0, 1, 1]
+    quality = label_quality(labels.labels, identities)
+    assert quality.precision == 1.0
+    with pytest.raises(ValueError, match="identity"):
+        true_identity_labels(np.array([0, -1]))
 
 
 def test_domainmix_labelling_recovers_identities_and_freezes_its_threshold() -> None:

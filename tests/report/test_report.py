@@ -46,7 +46,7 @@ def report(experiments: Path, out: Path, data_dir: Path, *args: str) -> str:
 
 
 def test_every_table_file_loads_with_distinct_rows() -> None:
-    for profile in ("paper", "synthetic", "smoke"):
+    for profile in ("paper", "synthetic", "ablations", "smoke"):
         assert load_tables(ROOT / "experiments", profile), profile
     names = [load_table(p).name for p in sorted((ROOT / "experiments").glob("*.yaml"))]
     assert len(set(names)) == len(names)

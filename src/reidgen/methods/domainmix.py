@@ -34,7 +34,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from reidgen.clustering.history import EpochLabels, write_history
-from reidgen.clustering.pseudo_labels import PseudoLabeller, PseudoLabels
+from reidgen.clustering.pseudo_labels import PseudoLabeller, PseudoLabels, true_identity_labels
 from reidgen.distributed import world
 from reidgen.eval.features import Features
 from reidgen.eval.gather import place_by_index
@@ -83,6 +83,9 @@ class DomainMix(ReIDMethod):
         labelled identities' rows (True), or leave them unit-norm as the official code does
         (False). Unit rows much longer than the learned ones turn every cluster into a strong
         attractor for all images (docs/methods/domainmix.md, "Deviations").
+    :param oracle_labels: a diagnostic, not DomainMix: train on the unlabelled source's true
+        identities (clusters of at least ``labeller.min_cluster_size`` images) instead of its
+        clusters, to measure what the pseudo labels' errors cost. Needs a source with identities.
     :param settings: passed to :class:`~reidgen.methods.base.ReIDMethod`; its
         ``num_unlabelled_images`` sizes the classifier: one row per labelled identity and one
         per possible cluster, ``num_unlabelled_images // labeller.min_cluster_size``.
@@ -108,6 +111,7 @@ class DomainMix(ReIDMethod):
         triplet_margin: float | None = None,
         domain_label_ge: bool = True,
         match_row_norm: bool = True,
+        oracle_labels: bool = False,
         **settings: Any,
     ) -> None:
         super().__init__(num_classes, **settings)
@@ -138,6 +142,7 @@ class DomainMix(ReIDMethod):
         self.temperature = temperature
         self.domain_label_ge = domain_label_ge
         self.match_row_norm = match_row_norm
+        self.oracle_labels = oracle_labels
         # Classes of the current epoch: the labelled identities and this epoch's clusters.
         self.active_classes = num_classes
         # The phase-B epoch whose fresh optimizers were made, so a resumed epoch keeps its own.
@@ -186,11 +191,21 @@ class DomainMix(ReIDMethod):
                 f"built for {self.num_unlabelled_images}; build the method with the data it "
                 "trains on"
             )
+        true_ids = np.array([s.pid for s in samples])
+        if self.oracle_labels and (true_ids < 0).any():
+            raise ValueError(
+                f"method.oracle_labels needs the true identities of {name!r}, which has none"
+            )
         features = self._source_features(training_set, name)
         world_count, rank = world()
         shared: list[Any] = [None]
         if rank == 0:
-            shared = [(self.labeller(features), self.labeller.state_dict())]
+            labels = (
+                true_identity_labels(true_ids, self.labeller.min_cluster_size)
+                if self.oracle_labels
+                else self.labeller(features)
+            )
+            shared = [(labels, self.labeller.state_dict())]
         if world_count > 1:
             dist.broadcast_object_list(shared, src=0)
         labels, labeller_state = shared[0]
@@ -206,7 +221,6 @@ class DomainMix(ReIDMethod):
             )
         self.reset_cluster_rows(features, labels)
         self.active_classes = training_set.num_classes + labels.num_clusters
-        true_ids = np.array([s.pid for s in samples])
         self._record(epoch, labels, true_ids if (true_ids >= 0).all() else None)
         return {name: labels.labels}
 

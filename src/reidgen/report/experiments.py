@@ -2,7 +2,7 @@
 
 A file holds ``table`` (its name), ``title``, ``source`` (where the reported numbers come from),
 ``metrics`` (the columns, e.g. ``[rank1, mAP]``), ``profile`` (``paper`` by default, or
-``synthetic`` / ``smoke``) and ``rows``: each a ``name``, the Hydra ``overrides`` of
+``synthetic`` / ``ablations`` / ``smoke``) and ``rows``: each a ``name``, the Hydra ``overrides`` of
 ``python -m reidgen.run`` that make its run, and optionally ``reported``:
 ``{target: {metric: value in %}}`` and ``seeds``: a list of seeds, one run each (``seed=<s>``
 added to its overrides), shown as mean +- standard deviation. A top-level ``seeds`` is the
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-PROFILES = ("paper", "synthetic", "smoke")
+PROFILES = ("paper", "synthetic", "ablations", "smoke")
 
 
 @dataclass(frozen=True)

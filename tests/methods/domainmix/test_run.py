@@ -109,6 +109,23 @@ def test_resume_in_phase_b_continues_identically(
 
 
 @pytest.mark.slow
+def test_oracle_labels_train_on_the_unlabelled_sources_true_identities(
+    tmp_path: Path, synth_data_dir: Path
+) -> None:
+    run_module(
+        "reidgen.run",
+        [*DOMAINMIX, "method.oracle_labels=true", "trainer.max_epochs=1"],
+        synth_data_dir,
+        tmp_path,
+    )
+    with open(only_run(tmp_path) / "pseudo_labels.csv") as handle:
+        (record,) = list(csv.DictReader(handle))
+    # Every cluster one person; only identities with fewer than 5 images are left out.
+    assert float(record["precision"]) == 1.0 and float(record["recall"]) > 0.9
+    assert int(record["clusters"]) >= 5 and int(record["left_out"]) < 10
+
+
+@pytest.mark.slow
 def test_without_an_unlabelled_source_or_clusters_it_fails_clearly(
     tmp_path: Path, synth_data_dir: Path
 ) -> None:
