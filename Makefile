@@ -39,8 +39,9 @@ run: install
 	$(BIN)/python -m reidgen.run $(ARGS)
 
 # The papers' tables from the runs' own metrics.json: runs every row of PROFILE (paper: real
-# datasets, GPUs; synthetic: every method and protocol on SynthPerson with 3 seeds, about 2.5 hours
-# on 2 cores; ablations: the methods' claims on SynthPerson, 3 seeds; smoke: a few minutes) without a finished result, then writes results/$(PROFILE)/tables/ and the README block.
+# datasets, GPUs; synthetic: every method and protocol on SynthPerson with 3 seeds, about 2 h 40 min
+# on 2 cores; ablations: the methods' claims on SynthPerson, 3 seeds, about 66 min; smoke: a few
+# minutes) without a finished result, then writes results/$(PROFILE)/tables/ and the README block.
 PROFILE ?= paper
 reproduce-table: install
 	$(BIN)/python -m reidgen.report --profile $(PROFILE) --readme README.md

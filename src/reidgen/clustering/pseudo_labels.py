@@ -105,8 +105,7 @@ def true_identity_labels(identities: np.ndarray, min_cluster_size: int = 1) -> P
     of the clusters measures what the pseudo labels' errors cost."""
     if len(identities) and identities.min() < 0:
         raise ValueError("true_identity_labels needs every sample's identity (got ids < 0)")
-    _, dense = np.unique(identities, return_inverse=True)
-    return PseudoLabels(renumber(dense.reshape(-1), min_cluster_size), eps=float("nan"))
+    return PseudoLabels(renumber(identities, min_cluster_size), eps=float("nan"))
 
 
 def renumber(labels: np.ndarray, min_size: int) -> np.ndarray:

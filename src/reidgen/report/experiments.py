@@ -2,8 +2,8 @@
 
 A file holds ``table`` (its name), ``title``, ``source`` (where the reported numbers come from),
 ``metrics`` (the columns, e.g. ``[rank1, mAP]``), ``profile`` (``paper`` by default, or
-``synthetic`` / ``ablations`` / ``smoke``) and ``rows``: each a ``name``, the Hydra ``overrides`` of
-``python -m reidgen.run`` that make its run, and optionally ``reported``:
+``synthetic`` / ``ablations`` / ``smoke``) and ``rows``: each a ``name``, the Hydra
+``overrides`` of ``python -m reidgen.run`` that make its run, and optionally ``reported``:
 ``{target: {metric: value in %}}`` and ``seeds``: a list of seeds, one run each (``seed=<s>``
 added to its overrides), shown as mean +- standard deviation. A top-level ``seeds`` is the
 default of every row that names none; without either, a row is one run with the config's seed.
