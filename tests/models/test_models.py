@@ -16,7 +16,10 @@ from reidgen.models import (
     DomainDiscriminator,
     GeMPool,
     GlobalAvgPool,
+    GlobalMaxPool,
     InstanceNormBottleneck,
+    LinearHead,
+    MixedPool,
     ResNetBackbone,
 )
 from reidgen.models.backbones import imagenet_weight_paths
@@ -249,6 +252,56 @@ def test_gem_fixed_p_is_a_buffer() -> None:
     pool = GeMPool(p=2.0, trainable=False)
     assert list(pool.parameters()) == []
     assert "p" in pool.state_dict()
+
+
+def test_gem_is_finite_for_large_activations_and_exponents() -> None:
+    x = torch.full((1, 2, 3, 3), 3.0)
+    x[0, 0, 0, 0] = 9.0
+    pooled = GeMPool(p=100.0)(x)  # 9 ** 100 alone is infinite in float32
+    assert torch.isfinite(pooled).all()
+    torch.testing.assert_close(pooled[0, 1], torch.tensor(3.0))
+    torch.testing.assert_close(pooled[0, 0], torch.tensor(9.0 * (1 / 9) ** (1 / 100)))
+
+
+def test_p_pooling_limits_with_the_exponent_clamped() -> None:
+    x = torch.rand(3, 4, 6, 2) + 0.05
+    # p below the range is used as 1: average pooling; p at the top: close to max pooling.
+    low = GeMPool(p=0.2, p_range=(1.0, 100.0))
+    torch.testing.assert_close(low(x), GlobalAvgPool()(x))
+    torch.testing.assert_close(low.effective_p(), torch.tensor([1.0]))
+    high = GeMPool(p=500.0, p_range=(1.0, 100.0))
+    torch.testing.assert_close(high(x), GlobalMaxPool()(x), rtol=0.05, atol=0)
+    with pytest.raises(ValueError, match="p_range"):
+        GeMPool(p_range=(2.0, 1.0))
+
+
+def test_p_pooling_per_channel_exponents_learn_separately() -> None:
+    pool = GeMPool(p=3.0, channels=4, p_range=(1.0, 100.0))
+    assert pool.p.shape == (4,)
+    x = torch.rand(2, 4, 3, 3) + 0.1
+    torch.testing.assert_close(pool(x)[:, 1], GeMPool(p=3.0)(x[:, 1:2])[:, 0])
+    pool(x)[:, 0].sum().backward()
+    assert pool.p.grad[0] != 0 and torch.all(pool.p.grad[1:] == 0)
+
+
+def test_mixed_pool_spans_average_and_max_pooling() -> None:
+    x = torch.rand(2, 3, 4, 4)
+    torch.testing.assert_close(
+        MixedPool(0.5)(x), 0.5 * GlobalMaxPool()(x) + 0.5 * GlobalAvgPool()(x)
+    )
+    torch.testing.assert_close(MixedPool(1e-6)(x), GlobalAvgPool()(x), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(MixedPool(1 - 1e-6)(x), GlobalMaxPool()(x), rtol=1e-4, atol=1e-5)
+    pool = MixedPool(0.3)
+    pool(x).sum().backward()
+    assert pool.logit.grad is not None and pool.logit.grad.item() > 0  # max >= mean
+
+
+def test_linear_head_uses_one_feature_for_both_losses() -> None:
+    head = LinearHead(8, 5)
+    features = torch.randn(4, 8)
+    output = head(features)
+    assert output.features is features and output.bn_features is features
+    assert output.logits.shape == (4, 5)
 
 
 # --- BNNeck -------------------------------------------------------------------------------------

@@ -18,9 +18,16 @@ import torch
 
 from reidgen.data.dataset import ExtraField
 from reidgen.data.datasets.synthperson import index_synthperson, load_structure
+from reidgen.data.datasets.synthvehicle import index_synthvehicle
 from reidgen.data.sample import Sample, Splits
-from reidgen.eval.protocols import PooledProtocol, QueryGalleryProtocol
+from reidgen.eval.protocols import (
+    PooledProtocol,
+    QueryGalleryProtocol,
+    VehicleIDProtocol,
+    VeRiProtocol,
+)
 from reidgen.synthperson import ensure_synthperson
+from reidgen.synthvehicle import LAYOUTS, ensure_synthvehicle
 
 
 class DatasetSource(Protocol):
@@ -85,6 +92,55 @@ class SynthPersonSource:
 
     def __repr__(self) -> str:
         return f"SynthPersonSource({self.domain!r}, {self.preset!r}, size={self.size})"
+
+
+class SynthVehicleSource:
+    """A SynthVehicle dataset, generated on first use (once, whatever the number of processes).
+
+    :param layout: ``veri`` (VeRi-776's folders and names, scored by :class:`VeRiProtocol`) or
+        ``vehicleid`` (VehicleID's lists, front and rear views, scored by
+        :class:`VehicleIDProtocol`).
+    :param test_size: VehicleID layout only: the test list's vehicle count (default: all test
+        vehicles, the largest list).
+    :param protocol: how its test split is scored (default: the layout's protocol above).
+    """
+
+    def __init__(
+        self,
+        preset: str = "small",
+        layout: str = "veri",
+        height: int = 96,
+        width: int = 96,
+        seed: int = 0,
+        test_size: int | None = None,
+        data_dir: str | None = None,
+        name: str | None = None,
+        protocol: QueryGalleryProtocol | PooledProtocol | None = None,
+    ) -> None:
+        if layout not in LAYOUTS:
+            raise ValueError(
+                f"unknown SynthVehicle layout {layout!r}; expected one of {list(LAYOUTS)}"
+            )
+        if test_size is not None and layout != "vehicleid":
+            raise ValueError("test_size applies to the VehicleID layout only")
+        self.preset = preset
+        self.layout = layout
+        self.size = (height, width)
+        self.seed = seed
+        self.test_size = test_size
+        self.data_dir = data_dir or default_data_dir()
+        self.name = name or ("synth_vehicle" if layout == "veri" else "synth_vehicleid")
+        self.protocol = protocol or (VeRiProtocol() if layout == "veri" else VehicleIDProtocol())
+
+    def load(self) -> Splits:
+        root = ensure_synthvehicle(self.data_dir, self.preset, self.size, self.seed, self.layout)
+        return index_synthvehicle(root, self.name, self.test_size)
+
+    def __repr__(self) -> str:
+        return (
+            f"SynthVehicleSource({self.preset!r}, layout={self.layout!r}, size={self.size}, "
+            f"test_size={self.test_size})"
+        )
 
 
 class DatasetFolder:

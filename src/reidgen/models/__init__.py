@@ -2,8 +2,8 @@
 domain discriminator."""
 
 from reidgen.models.backbones import IBN, InstanceNormBottleneck, ResNetBackbone
-from reidgen.models.heads import BNNeckHead, DomainDiscriminator, HeadOutput
-from reidgen.models.pooling import GeMPool, GlobalAvgPool
+from reidgen.models.heads import BNNeckHead, DomainDiscriminator, HeadOutput, LinearHead
+from reidgen.models.pooling import GeMPool, GlobalAvgPool, GlobalMaxPool, MixedPool
 
 __all__ = [
     "IBN",
@@ -11,7 +11,10 @@ __all__ = [
     "DomainDiscriminator",
     "GeMPool",
     "GlobalAvgPool",
+    "GlobalMaxPool",
     "HeadOutput",
     "InstanceNormBottleneck",
+    "LinearHead",
+    "MixedPool",
     "ResNetBackbone",
 ]

@@ -55,6 +55,26 @@ class BNNeckHead(nn.Module):
         return HeadOutput(features, bn_features, self.classifier(bn_features))
 
 
+class LinearHead(nn.Module):
+    """A classifier straight on the features, no BN neck (BDB's branches): the triplet loss,
+    the ID loss and retrieval all see the same vector.
+
+    ``forward(features [B, C]) -> HeadOutput`` with ``bn_features`` = ``features``.
+
+    :param in_channels: ``C``, the pooled feature size.
+    :param num_classes: number of training identities.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.classifier = nn.Linear(in_channels, num_classes)
+        nn.init.normal_(self.classifier.weight, std=0.001)
+        nn.init.zeros_(self.classifier.bias)
+
+    def forward(self, features: Tensor) -> HeadOutput:
+        return HeadOutput(features, features, self.classifier(features))
+
+
 class DomainDiscriminator(nn.Module):
     """Which domain a feature comes from (DomainMix's ``classifier_D``): an MLP of Linear,
     BatchNorm1d and LeakyReLU(0.2) layers, then a linear layer to the domain logits.

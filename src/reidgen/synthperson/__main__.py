@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shutil
 import time
 from pathlib import Path
 
+from reidgen.procedural import add_generation_arguments
 from reidgen.synthperson.generate import MANIFEST, ensure_synthperson
 from reidgen.synthperson.presets import PRESETS
 from reidgen.synthperson.style import BUILTIN_DOMAINS
@@ -37,13 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--preset", default="small", choices=sorted(PRESETS))
     parser.add_argument("--size", type=_size, default=(128, 64), help="HEIGHTxWIDTH, e.g. 256x128")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--data-dir",
-        default=os.environ.get("REIDGEN_DATA_DIR", "data"),
-        help="root of reidgen's data folder (default: $REIDGEN_DATA_DIR or ./data)",
-    )
-    parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    add_generation_arguments(parser)
     parser.add_argument(
         "--contact-sheet",
         nargs="?",

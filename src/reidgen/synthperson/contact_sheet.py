@@ -8,6 +8,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from reidgen.data.datasets.layout import index_market_layout
+from reidgen.procedural import paste_cell
 
 _MARGIN = 4
 _HEADER = 14
@@ -43,10 +44,5 @@ def contact_sheet(root: str | Path, rows: int = 10) -> Image.Image:
         draw.text((2, top + height // 2 - 5), f"{pid:04d}", fill=(0, 0, 0))
         for column in range(columns):
             left = _HEADER * 3 + column * (width + _MARGIN)
-            path = by_identity[pid].get(column)
-            if path is None:
-                draw.rectangle((left, top, left + width - 1, top + height - 1), fill=(60, 60, 60))
-            else:
-                with Image.open(path) as image:
-                    sheet.paste(image.convert("RGB"), (left, top))
+            paste_cell(sheet, draw, by_identity[pid].get(column), (left, top), (width, height))
     return sheet

@@ -25,23 +25,18 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import uuid
 import zlib
 from collections import defaultdict
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from filelock import FileLock
 from PIL import Image
 
+from reidgen.procedural import MANIFEST, publish, render_in_workers
 from reidgen.synthperson.figure import PART_NAMES
 from reidgen.synthperson.identity import Identity, sample_identities
 from reidgen.synthperson.network import (
@@ -71,7 +66,6 @@ log = logging.getLogger(__name__)
 
 GENERATOR_VERSION = 1
 SPLIT_FOLDERS = ("bounding_box_train", "query", "bounding_box_test")
-MANIFEST = "manifest.json"
 # Below this many images, starting worker processes costs more than it saves.
 _PARALLEL_MIN_IMAGES = 400
 
@@ -294,39 +288,11 @@ class _Renderer:
         write_structure(self.root / "structure" / plan.folder / f"{stem}.png", strip)
 
 
-_WORKER: _Renderer | None = None
-
-
-def _init_worker(spec: SynthPersonSpec, root: Path) -> None:
-    global _WORKER
-    _WORKER = _Renderer(spec, root)
-
-
-def _render_chunk(chunk: list[tuple[int, FilePlan]]) -> int:
-    if _WORKER is None:
-        raise RuntimeError("_render_chunk runs in a worker started with _init_worker")
-    for ordinal, plan in chunk:
-        _WORKER.render(ordinal, plan)
-    return len(chunk)
-
-
 def render_files(
     spec: SynthPersonSpec, plan: DatasetPlan, root: Path, workers: int | None = None
 ) -> None:
     """Renders every planned file under ``root`` (whose split folders must exist)."""
-    items = list(enumerate(plan.files))
-    workers = workers or os.cpu_count() or 1
-    if workers <= 1 or len(items) < _PARALLEL_MIN_IMAGES:
-        renderer = _Renderer(spec, root)
-        for ordinal, file_plan in items:
-            renderer.render(ordinal, file_plan)
-        return
-    chunk_size = max(16, len(items) // (workers * 8))
-    chunks = [items[i : i + chunk_size] for i in range(0, len(items), chunk_size)]
-    # Spawned workers: forking a parent that already runs torch threads is unsafe.
-    with ProcessPoolExecutor(workers, get_context("spawn"), _init_worker, (spec, root)) as pool:
-        for _ in pool.map(_render_chunk, chunks):
-            pass
+    render_in_workers(_Renderer, (spec, root), plan.files, workers, _PARALLEL_MIN_IMAGES)
 
 
 def _counts(plan: DatasetPlan) -> dict[str, dict[str, int]]:
@@ -411,17 +377,8 @@ def generate(spec: SynthPersonSpec, data_dir: str | Path, workers: int | None = 
     temporary folder and renames it into place after the manifest is written, so an interrupted
     run never leaves something that looks finished; its leftovers are removed by the next run.
     """
-    parent = Path(data_dir).expanduser().resolve() / "synthperson"
-    parent.mkdir(parents=True, exist_ok=True)
-    final = parent / spec.dirname
-    with FileLock(str(parent / f".{spec.dirname}.lock")):
-        if final.exists():
-            _check_existing(final, spec)
-            return final
-        for stale in parent.glob(f".{spec.dirname}.tmp-*"):
-            log.warning("removing the leftovers of an interrupted generation: %s", stale)
-            shutil.rmtree(stale)
-        temporary = parent / f".{spec.dirname}.tmp-{uuid.uuid4().hex[:8]}"
+
+    def build(temporary: Path) -> dict[str, Any]:
         for folder in SPLIT_FOLDERS:
             (temporary / folder).mkdir(parents=True)
             (temporary / "structure" / folder).mkdir(parents=True)
@@ -431,11 +388,10 @@ def generate(spec: SynthPersonSpec, data_dir: str | Path, workers: int | None = 
         from reidgen.synthperson.contact_sheet import contact_sheet
 
         contact_sheet(temporary).save(temporary / "contact_sheet.png")
-        manifest_tmp = temporary / f"{MANIFEST}.part"
-        manifest_tmp.write_text(json.dumps(manifest(spec, plan), indent=2, sort_keys=True))
-        manifest_tmp.rename(temporary / MANIFEST)
-        temporary.rename(final)
-    return final
+        return manifest(spec, plan)
+
+    parent = Path(data_dir).expanduser().resolve() / "synthperson"
+    return publish(parent, spec.dirname, lambda path: _check_existing(path, spec), build)
 
 
 def ensure_synthperson(

@@ -28,13 +28,12 @@ from reidgen.data.dataset import EvalDataset, read_image
 from reidgen.methods.alignedreid.local_distance import alignment_path, paired_stripe_distances
 from reidgen.methods.alignedreid.method import AlignedReID
 from reidgen.methods.base import ReIDMethod
-from reidgen.viz.drawing import ImageLike, colour, panel_size, to_pil
+from reidgen.viz.drawing import ImageLike, colour, panel_size, stack_rows, to_pil
 from reidgen.viz.ranked import (
     Picture,
-    checkpoint_target,
     inference,
     picture_paths,
-    print_pictures,
+    pictures_from_checkpoint,
     rank_queries,
     select_queries,
     write_png,
@@ -145,30 +144,14 @@ def write_alignment_pictures(
             )
             for k, index in enumerate(ranking.results)
         ]
-        picture = Image.new("RGB", (rows[0].width, sum(row.height for row in rows)), _BACKGROUND)
-        for k, row in enumerate(rows):
-            picture.paste(row, (0, k * row.height))
+        picture = stack_rows(rows, _BACKGROUND)
         pictures.append(Picture(write_png(picture, path, overwrite), ranking))
     return pictures
 
 
 def pictures_from_config(cfg: DictConfig) -> list[Picture]:
     """The CLI without Hydra's wrapper (keys: ``conf/viz_alignment.yaml``)."""
-    target = checkpoint_target(cfg, check_aligned_method)
-    pictures = write_alignment_pictures(
-        target.method,
-        target.dataset,
-        target.queries,
-        cfg.out_dir,
-        top=cfg.top,
-        height=cfg.height,
-        batch_size=target.batch_size,
-        num_workers=target.num_workers,
-        exclude_same_camera=cfg.exclude_same_camera,
-        overwrite=cfg.overwrite,
-    )
-    print_pictures(pictures)
-    return pictures
+    return pictures_from_checkpoint(cfg, check_aligned_method, write_alignment_pictures)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://reidgen.conf", config_name="viz_alignment")

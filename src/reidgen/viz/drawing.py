@@ -42,3 +42,13 @@ def colour(strength: float) -> tuple[int, int, int]:
             f = (strength - t0) / (t1 - t0)
             return tuple(round(a + f * (b - a)) for a, b in zip(c0, c1, strict=True))
     return _RAMP[-1][1]
+
+
+def stack_rows(rows: list[Image.Image], background: tuple[int, int, int]) -> Image.Image:
+    """``rows`` (of one width) stacked top to bottom in one RGB image."""
+    picture = Image.new("RGB", (rows[0].width, sum(row.height for row in rows)), background)
+    top = 0
+    for row in rows:
+        picture.paste(row, (0, top))
+        top += row.height
+    return picture

@@ -27,9 +27,8 @@ from reidgen.methods.qaconv.method import MAPS, QAConvMethod
 from reidgen.viz.drawing import ImageLike, colour, panel_size, to_pil
 from reidgen.viz.ranked import (
     Picture,
-    checkpoint_target,
     picture_paths,
-    print_pictures,
+    pictures_from_checkpoint,
     rank_queries,
     select_queries,
     write_png,
@@ -270,22 +269,9 @@ def write_match_pictures(
 def pictures_from_config(cfg: DictConfig) -> list[Picture]:
     """The CLI without Hydra's wrapper: rebuilds the checkpoint's method and writes the
     pictures (see ``conf/viz_matches.yaml`` for the keys)."""
-    target = checkpoint_target(cfg, check_matching_method)
-    pictures = write_match_pictures(
-        target.method,
-        target.dataset,
-        target.queries,
-        cfg.out_dir,
-        top=cfg.top,
-        top_k=cfg.lines,
-        height=cfg.height,
-        batch_size=target.batch_size,
-        num_workers=target.num_workers,
-        exclude_same_camera=cfg.exclude_same_camera,
-        overwrite=cfg.overwrite,
+    return pictures_from_checkpoint(
+        cfg, check_matching_method, write_match_pictures, top_k=cfg.lines
     )
-    print_pictures(pictures)
-    return pictures
 
 
 @hydra.main(version_base="1.3", config_path="pkg://reidgen.conf", config_name="viz_matches")

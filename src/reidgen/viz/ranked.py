@@ -340,3 +340,30 @@ def print_pictures(pictures: Sequence[Picture]) -> None:
             for index, distance in zip(ranking.results, ranking.distances, strict=True)
         )
         print(f"query {ranking.query}: {picture.path}  results: {results}")
+
+
+def pictures_from_checkpoint(
+    cfg: DictConfig,
+    check_method: Callable[[ReIDMethod, str], None],
+    write: Callable[..., list[Picture]],
+    **options: object,
+) -> list[Picture]:
+    """A picture CLI's body (keys of ``conf/viz_*.yaml``): :func:`checkpoint_target`, then
+    ``write(method, dataset, queries, out_dir, top=, height=, batch_size=, num_workers=,
+    exclude_same_camera=, overwrite=, **options)``, then :func:`print_pictures`."""
+    target = checkpoint_target(cfg, check_method)
+    pictures = write(
+        target.method,
+        target.dataset,
+        target.queries,
+        cfg.out_dir,
+        top=cfg.top,
+        height=cfg.height,
+        batch_size=target.batch_size,
+        num_workers=target.num_workers,
+        exclude_same_camera=cfg.exclude_same_camera,
+        overwrite=cfg.overwrite,
+        **options,
+    )
+    print_pictures(pictures)
+    return pictures

@@ -3,7 +3,6 @@ timestamps, and the per-image structure maps."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,19 +11,14 @@ from PIL import Image
 
 from reidgen.data.datasets.layout import MARKET_NAMES, SPLIT_FOLDERS, index_market_layout
 from reidgen.data.sample import Sample, Splits
-from reidgen.synthperson.generate import MANIFEST
+from reidgen.procedural import read_manifest
 from reidgen.synthperson.render import STRUCTURE_YAWS_DEG
 
 
 def index_synthperson(root: str | Path, dataset: str | None = None) -> Splits:
     """Indexes a generated dataset folder; timestamps come from the manifest's clock."""
     root = Path(root)
-    manifest_path = root / MANIFEST
-    if not manifest_path.is_file():
-        raise FileNotFoundError(
-            f"{root} is not a finished SynthPerson dataset: {MANIFEST} is missing"
-        )
-    manifest = json.loads(manifest_path.read_text())
+    manifest = read_manifest(root, "SynthPerson")
     splits = index_market_layout(
         root,
         dataset or f"synthperson_{manifest['domain']['name']}",
