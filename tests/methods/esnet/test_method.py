@@ -6,10 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from hydra import compose, initialize_config_module
 
 from reidgen.methods.esnet.erasing import FeatureErasing
 from reidgen.methods.esnet.method import ESNet
 from reidgen.models import GeMPool, GlobalAvgPool, ResNetBackbone
+from reidgen.run_support import build_method
 
 
 def make_method(num_classes: int = 4, **kwargs) -> ESNet:
@@ -107,3 +109,45 @@ def test_both_branches_learn_through_training_step() -> None:
         )
     assert losses[-1][0] < 0.7 * losses[0][0] and losses[-1][1] < 0.7 * losses[0][1]
     assert method.erase_pooling.p.item() != 3.0
+
+
+def method_config(*overrides: str):
+    with initialize_config_module("reidgen.conf", version_base="1.3"):
+        return compose("config", overrides=list(overrides)).method
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
+def test_the_global_branch_alone_is_the_bot_baseline() -> None:
+    """Same seed, same initial weights in the same parameter order, same losses: a run of one is
+    a run of the other (the ablation's first row is the BoT baseline's)."""
+    torch.manual_seed(3)
+    bot = build_method(method_config("method=baseline"), 6)
+    torch.manual_seed(3)
+    alone = build_method(
+        method_config(
+            "method=esnet", "method.erase_branch=false", "method.inference_feature=global"
+        ),
+        6,
+    )
+    bot_parameters = [p for _, p in bot.named_parameters()]
+    alone_parameters = [p for _, p in alone.named_parameters()]
+    assert len(bot_parameters) == len(alone_parameters)
+    for a, b in zip(bot_parameters, alone_parameters, strict=True):
+        assert torch.equal(a, b)
+    images, labels = images_of(num_ids=3, per_id=2)
+    bot_optimizer = bot.configure_optimizers()["optimizer"]
+    alone_optimizer = alone.configure_optimizers()["optimizer"]
+    for _ in range(2):
+        for method, optimizer in ((bot, bot_optimizer), (alone, alone_optimizer)):
+            optimizer.zero_grad()
+            method.training_step({"image": images, "pid": labels}, 0).backward()
+            optimizer.step()
+    for a, b in zip(bot_parameters, alone_parameters, strict=True):
+        assert torch.equal(a, b)
+    bot.eval()
+    alone.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            alone.extract(images)["embedding"],
+            F.normalize(bot.extract(images)["embedding"], dim=1),
+        )
