@@ -32,6 +32,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_rerank.py
 	$(BIN)/python benchmarks/bench_clustering.py
 	$(BIN)/python benchmarks/bench_qaconv_matcher.py
+	$(BIN)/python benchmarks/bench_gcl_step.py
 
 # The main job: train the baseline on SynthPerson (generated on first use), evaluate, print the
 # results table. Extra Hydra overrides: make run ARGS="method=baseline data=synth".

@@ -69,6 +69,8 @@ def plain_loop(data: InMemoryBatches, warmup: int) -> float:
 
 
 class StepTimer(pl.Callback):
+    """Wall time from the start of batch ``warmup`` to the end of training (CUDA synchronised)."""
+
     def __init__(self, warmup: int) -> None:
         self.warmup = warmup
         self.start = 0.0
@@ -76,9 +78,13 @@ class StepTimer(pl.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: ANN001
         if batch_idx == self.warmup:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
             self.start = time.perf_counter()
 
     def on_train_end(self, trainer, pl_module) -> None:  # noqa: ANN001
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
         self.end = time.perf_counter()
 
 

@@ -86,6 +86,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "evaluation": method.evaluator.settings(),
         "run_dir": str(run_dir),
     }
+    if method.variant is not None:
+        record["method_variant"] = method.variant
     if best.best_model_score is not None:
         # The metrics are the last epoch's; the best epoch was chosen on the test targets
         # themselves (as some official codes report, e.g. DomainMix's model_best), so it is
@@ -95,7 +97,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             cfg.checkpoint.monitor: float(best.best_model_score),
             "note": "epoch chosen by the test targets' own score: not a held-out selection",
         }
-    title = f"reidgen {record['method_name']} on {record['data_name']}"
+    title = f"reidgen {method.variant or record['method_name']} on {record['data_name']}"
     return finish_run(trainer, run_dir, results, record, title)
 
 

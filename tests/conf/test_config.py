@@ -50,7 +50,13 @@ def test_groups_have_options() -> None:
 @pytest.mark.parametrize("method", options("method"))
 def test_method_configs_build(method: str, tmp_path: Path) -> None:
     cfg = composed([f"method={method}"], tmp_path)
-    built = build_method(cfg.method, 7, evaluation=cfg.eval, test_transform=cfg.data.test_transform)
+    built = build_method(
+        cfg.method,
+        7,
+        evaluation=cfg.eval,
+        test_transform=cfg.data.test_transform,
+        num_unlabelled_images=20,  # GCL sizes its memory from it
+    )
     assert isinstance(built, ReIDMethod) and built.num_classes == 7
     assert built.hparams.config == OmegaConf.to_container(cfg.method, resolve=True)
 
@@ -120,7 +126,7 @@ def test_paper_rows_compose_and_build(row: dict, tmp_path: Path) -> None:
         set(v) <= {"rank1", "mAP", "rank5", "rank10", "mINP"}
         for v in row.get("reported", {}).values()
     )
-    method = instantiate(cfg.method, num_classes=11)
+    method = instantiate(cfg.method, num_classes=11, num_unlabelled_images=20)
     if row["profile"] not in (None, "paper"):
         return  # SynthPerson rows: the method defaults, checked by their own tests
     if "qaconv" in cfg.method._target_:
@@ -140,6 +146,21 @@ def test_paper_rows_compose_and_build(row: dict, tmp_path: Path) -> None:
         assert (labeller.eps, labeller.eps_gap, labeller.k1, labeller.k2) == (0.6, 0.02, 30, 6)
         assert cfg.method.cluster_from_epoch == 0 and cfg.method.match_row_norm is False
         assert data["sampler"]["batches_per_epoch"] == 2000
+    if "gcl" in cfg.method._target_:
+        # The official sizes and schedule, mesh renders checked around the unlabelled source.
+        assert (cfg.method.backbone.depth, cfg.method.generator.dim) == (50, 16)
+        assert (cfg.method.generator.mlp_dim, cfg.method.discriminator.dim) == (512, 32)
+        assert (cfg.method.warmup_epochs, cfg.trainer.max_epochs, data["batch_size"]) == (
+            40,
+            60,
+            16,
+        )
+        assert cfg.method.structure._target_.endswith("MeshStructure")
+        (source,) = data["sources"]
+        assert data["unlabelled"] == [source]
+        assert data["catalogue"][source]["_target_"].endswith("MeshRenderedSource")
+        assert data["train_transform"]["pad"] == 0 and data["train_transform"]["flip_prob"] == 0
+        assert cfg.method.labeller.rho == (0.0012 if "msmt17" in source else 0.002)
 
 
 def test_method_recipe_adjusts_the_data_side_and_the_command_line_wins(tmp_path: Path) -> None:

@@ -18,12 +18,15 @@ hyper-parameters in every checkpoint, so a checkpoint alone rebuilds the method
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 import pytorch_lightning as pl
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 from torch.optim import Optimizer
@@ -31,15 +34,20 @@ from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import Sampler
 from torchmetrics import Metric
 
+from reidgen.clustering.history import EpochLabels, write_history
+from reidgen.distributed import world
 from reidgen.eval import DistanceFn, chunked_distance
 from reidgen.eval.evaluator import Comparison, Evaluator
 from reidgen.eval.features import Features
+from reidgen.eval.gather import place_by_index
 from reidgen.eval.metric import RetrievalEvaluation
 from reidgen.eval.rerank import FeatureRows, RowsFn
 
 if TYPE_CHECKING:
     from reidgen.data.datamodule import ReIDDataModule
     from reidgen.data.training_set import TrainingSet
+
+log = logging.getLogger(__name__)
 
 METRIC_KEYS = ("mAP", "rank1", "rank5", "rank10", "mINP")
 
@@ -92,6 +100,13 @@ class ReIDMethod(pl.LightningModule):
         self._training_metrics: dict[str, Metric] = {}
 
     # ------------------------------------------------------------------- declared hooks
+    @property
+    def variant(self) -> str | None:
+        """What this run is called where it differs from the method's own name (e.g. "GCL
+        (2-D structure fallback)"): written to ``metrics.json`` as ``method_variant`` and shown
+        in tables. Default: None."""
+        return None
+
     def extract(self, images: Tensor) -> Features:
         """What the method says about ``images`` ``[B, 3, H, W]``: named parts, ``[B, ...]``
         each (see :mod:`reidgen.eval.features`). Every subclass implements it."""
@@ -173,6 +188,30 @@ class ReIDMethod(pl.LightningModule):
             for module, mode in modes.items():
                 module.training = mode
 
+    def source_embeddings(
+        self, training_set: TrainingSet, name: str, embed: Callable[[Tensor], Tensor]
+    ) -> Tensor:
+        """L2-normalised ``embed(images)`` ``[N, D]`` (float32, CPU) of every image of training
+        source ``name`` (test transform, :meth:`inference` mode), in the source's order; each
+        process extracts its share and every process gets all of them (for clustering)."""
+        total = len(training_set.samples(name))
+        world_count, rank = world()
+        indices = list(range(rank, total, world_count))
+        rows, order = [], []
+        with self.inference():
+            for batch in training_set.images(name, indices):
+                rows.append(F.normalize(embed(batch["image"].to(self.device)).float()).cpu())
+                order.append(batch["index"])
+        if not rows:
+            raise ValueError(f"training source {name!r} has no image on process {rank}")
+        features, index = torch.cat(rows), torch.cat(order)
+        if world_count > 1:
+            parts: list[Any] = [None] * world_count
+            dist.all_gather_object(parts, (features, index))
+            features = torch.cat([part[0] for part in parts])
+            index = torch.cat([part[1] for part in parts])
+        return place_by_index(features, index, total)
+
     @staticmethod
     def with_epoch_scheduler(
         optimizer: Optimizer, scheduler: Callable[[Optimizer], LRScheduler] | None
@@ -185,6 +224,24 @@ class ReIDMethod(pl.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler(optimizer), "interval": "epoch"},
         }
+
+    def record_pseudo_labels(
+        self, history: list[EpochLabels], record: EpochLabels
+    ) -> list[EpochLabels]:
+        """A clustering method's epoch labels: ``history`` with ``record`` replacing any record
+        of its epoch or later (a resumed run relabels), logged as ``pseudo/<field>`` and written
+        as ``pseudo_labels.csv`` / ``.png`` in the run folder (rank 0)."""
+        history = [r for r in history if r.epoch < record.epoch] + [record]
+        log.info("pseudo labels: %s", record)
+        if self._trainer is None or not self.trainer.is_global_zero:
+            return history
+        # Straight to the loggers: the data module asks for the labels outside Lightning's
+        # hooks, where self.log is not allowed.
+        values = {f"pseudo/{k}": float(v) for k, v in asdict(record).items() if v is not None}
+        for logger in self.trainer.loggers:
+            logger.log_metrics(values, step=self.global_step)
+        write_history(history, self.trainer.default_root_dir, "pseudo_labels")
+        return history
 
     def log_training_metric(self, name: str, metric: Metric, *batch: Tensor) -> None:
         """Updates ``metric`` (a torchmetrics ``Metric``, a submodule of the method) with a

@@ -20,7 +20,6 @@ uses the plain softmax.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
@@ -33,11 +32,10 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-from reidgen.clustering.history import EpochLabels, write_history
+from reidgen.clustering.history import EpochLabels
 from reidgen.clustering.pseudo_labels import PseudoLabeller, PseudoLabels, true_identity_labels
 from reidgen.distributed import world
 from reidgen.eval.features import Features
-from reidgen.eval.gather import place_by_index
 from reidgen.losses import BatchHardTripletLoss, CrossEntropyLabelSmooth, DomainBalanceLoss
 from reidgen.methods.base import ReIDMethod
 from reidgen.models import BNNeckHead
@@ -46,7 +44,6 @@ from reidgen.models.heads import DomainDiscriminator, HeadOutput
 if TYPE_CHECKING:
     from reidgen.data.training_set import TrainingSet
 
-log = logging.getLogger(__name__)
 
 STATE_KEY = "domainmix"
 
@@ -196,7 +193,9 @@ class DomainMix(ReIDMethod):
             raise ValueError(
                 f"method.oracle_labels needs the true identities of {name!r}, which has none"
             )
-        features = self._source_features(training_set, name)
+        features = self.source_embeddings(
+            training_set, name, lambda images: self(images).bn_features
+        )
         world_count, rank = world()
         shared: list[Any] = [None]
         if rank == 0:
@@ -221,28 +220,9 @@ class DomainMix(ReIDMethod):
             )
         self.reset_cluster_rows(features, labels)
         self.active_classes = training_set.num_classes + labels.num_clusters
-        self._record(epoch, labels, true_ids if (true_ids >= 0).all() else None)
+        record = EpochLabels.of(epoch, labels, true_ids if (true_ids >= 0).all() else None)
+        self.history = self.record_pseudo_labels(self.history, record)
         return {name: labels.labels}
-
-    def _source_features(self, training_set: TrainingSet, name: str) -> Tensor:
-        """L2-normalised BN features ``[N, C]`` (float32, CPU) of a source's images, each process
-        extracting its share; the same on every process."""
-        total = len(training_set.samples(name))
-        world_count, rank = world()
-        indices = list(range(rank, total, world_count))
-        rows, order = [], []
-        with self.inference():
-            for batch in training_set.images(name, indices):
-                rows.append(F.normalize(self(batch["image"].to(self.device)).bn_features.float()))
-                order.append(batch["index"])
-        features = torch.cat(rows).cpu() if rows else torch.zeros(0, self.head.bn.num_features)
-        index = torch.cat(order) if order else torch.zeros(0, dtype=torch.long)
-        if world_count > 1:
-            parts: list[Any] = [None] * world_count
-            dist.all_gather_object(parts, (features, index))
-            features = torch.cat([part[0] for part in parts])
-            index = torch.cat([part[1] for part in parts])
-        return place_by_index(features, index, total)
 
     @torch.no_grad()
     def reset_cluster_rows(self, features: Tensor, labels: PseudoLabels) -> None:
@@ -259,19 +239,6 @@ class DomainMix(ReIDMethod):
             centres *= weight[: self.num_classes].norm(dim=1).mean()
         start = self.num_classes
         weight[start : start + labels.num_clusters] = centres
-
-    def _record(self, epoch: int, labels: PseudoLabels, true_ids: np.ndarray | None) -> None:
-        record = EpochLabels.of(epoch, labels, true_ids)
-        self.history = [r for r in self.history if r.epoch < epoch] + [record]
-        log.info("pseudo labels: %s", record)
-        if self._trainer is None or not self.trainer.is_global_zero:
-            return
-        # Straight to the loggers: the data module asks for the labels outside Lightning's
-        # hooks, where self.log is not allowed.
-        values = {f"pseudo/{k}": float(v) for k, v in asdict(record).items() if v is not None}
-        for logger in self.trainer.loggers:
-            logger.log_metrics(values, step=self.global_step)
-        write_history(self.history, self.trainer.default_root_dir, "pseudo_labels")
 
     # ------------------------------------------------------------------ training
     def configure_optimizers(self) -> Any:

@@ -102,9 +102,11 @@ def _provenance(records: list[dict]) -> str:
     seeds = ", ".join(str(r["seed"]) for r in records)
     dates = sorted(r["date"] for r in records)
     when = dates[0] if dates[0] == dates[-1] else f"{dates[0]} to {dates[-1]}"
+    named = f"{first['method_variant']}, " if first.get("method_variant") else ""
     return (
-        f"rev {', '.join(dict.fromkeys(revisions))}, seed{'s' if len(records) > 1 else ''} "
-        f"{seeds}, {first['world_size']} process(es), {when}, {variants}"
+        f"{named}rev {', '.join(dict.fromkeys(revisions))}, "
+        f"seed{'s' if len(records) > 1 else ''} {seeds}, {first['world_size']} process(es), "
+        f"{when}, {variants}"
     )
 
 
