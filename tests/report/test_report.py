@@ -83,9 +83,12 @@ def test_seeds_make_one_run_each_and_fail_clearly(tmp_path: Path) -> None:
             load_table(path)
 
 
-def _metrics_file(folder: Path, seed: int, values: dict[str, dict[str, float]]) -> Path:
+def _metrics_file(
+    folder: Path, seed: int, values: dict[str, dict[str, float]], **extra: str
+) -> Path:
     folder.mkdir(parents=True)
     record = {
+        **extra,
         "metrics": values,
         "targets": list(values),
         "seed": seed,
@@ -123,7 +126,12 @@ def test_several_seeds_show_mean_std_and_count(tmp_path: Path) -> None:
             Outcome(
                 tmp_path / "one",
                 None,
-                metrics=_metrics_file(tmp_path / "one", 0, {"studio": {"mAP": 50.0}}),
+                metrics=_metrics_file(
+                    tmp_path / "one",
+                    0,
+                    {"studio": {"mAP": 50.0}},
+                    method_variant="GCL (2-D structure fallback)",
+                ),
             )
         ],
     }
@@ -138,6 +146,9 @@ def test_several_seeds_show_mean_std_and_count(tmp_path: Path) -> None:
     )
     assert not seeded.skipped
     assert single.cells[0].spread is None and "seed 0" in single.provenance
+    # A run's variant (metrics.json's method_variant) names it in the table.
+    assert single.provenance.startswith("GCL (2-D structure fallback), rev abcdef012345")
+    assert "GCL" not in seeded.provenance
     markdown = to_markdown(table, [seeded, single])
     assert "| seeded | 73.0 ± 3.6 (n=3) |" in markdown and "| single | 50.0 |" in markdown
     assert r"73.0 $\pm$ 3.6 (n=3)" in to_latex(table, [seeded, single])
