@@ -11,19 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from reidgen.methods.gcl.generator import ConvBlock
-
-
-class _DiscriminatorBlock(nn.Module):
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.body = nn.Sequential(
-            ConvBlock(channels, channels, 3, norm="none"),
-            ConvBlock(channels, channels, 3, norm="none", activation=False),
-        )
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x + self.body(x)
+from reidgen.methods.gcl.generator import ConvBlock, ResBlock
 
 
 def _scale_network(in_channels: int, dim: int, num_res: int) -> nn.Sequential:
@@ -34,7 +22,7 @@ def _scale_network(in_channels: int, dim: int, num_res: int) -> nn.Sequential:
         ConvBlock(dim, dim, 3, stride=2, norm="none"),
         ConvBlock(dim, dim, 3, norm="none"),
         ConvBlock(dim, 2 * dim, 3, stride=2, norm="none"),
-        *[_DiscriminatorBlock(2 * dim) for _ in range(num_res)],
+        *[ResBlock(2 * dim, norm="none") for _ in range(num_res)],
         nn.Conv2d(2 * dim, 1, 1),
     )
 
