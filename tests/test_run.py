@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from filelock import FileLock
 
 from reidgen.data.datasets.synthperson import index_synthperson
 from reidgen.eval import evaluate_ranking
@@ -59,10 +60,23 @@ def metrics_of(run_dir: Path) -> dict:
     return json.loads((run_dir / "metrics.json").read_text())
 
 
-@pytest.fixture(scope="module")
-def two_epoch_run(tmp_path_factory: pytest.TempPathFactory, synth_data_dir: Path) -> Path:
-    log_dir = tmp_path_factory.mktemp("two-epochs")
-    run_module("reidgen.run", QUICK, synth_data_dir, log_dir)
+@pytest.fixture(scope="session")
+def two_epoch_run(
+    tmp_path_factory: pytest.TempPathFactory, synth_data_dir: Path, worker_id: str
+) -> Path:
+    """The quickstart run, made once per test session: under xdist the first worker to need it
+    runs it in the session's shared folder (the parent of the workers' own), the others wait for
+    it and read it. Tests only read it."""
+    if worker_id == "master":
+        log_dir = tmp_path_factory.mktemp("two-epochs")
+        run_module("reidgen.run", QUICK, synth_data_dir, log_dir)
+        return only_run(log_dir)
+    log_dir = tmp_path_factory.getbasetemp().parent / "two-epochs"
+    with FileLock(str(log_dir) + ".lock"):
+        if not (log_dir / "finished").is_file():
+            shutil.rmtree(log_dir, ignore_errors=True)
+            run_module("reidgen.run", QUICK, synth_data_dir, log_dir)
+            (log_dir / "finished").touch()
     return only_run(log_dir)
 
 

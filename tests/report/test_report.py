@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from reidgen.report.experiments import Row, Table, load_table, load_tables
-from reidgen.report.runner import Outcome
+from reidgen.report.runner import Outcome, command_overrides, run_dir, run_once
 from reidgen.report.tables import collect, to_csv, to_latex, to_markdown
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -79,6 +79,50 @@ def test_seeds_make_one_run_each_and_fail_clearly(tmp_path: Path) -> None:
         ("{name: a, overrides: [m=1, seed=3], seeds: [1]}", "give one or the other"),
     ):
         path.write_text(f"table: t\nrows:\n  - {row}\n")
+        with pytest.raises(ValueError, match=message):
+            load_table(path)
+
+
+def test_checkpoint_from_passes_the_same_seeds_checkpoint_or_skips(tmp_path: Path) -> None:
+    path = tmp_path / "t.yaml"
+    path.write_text(
+        "table: t\nseeds: [0, 1]\nrows:\n"
+        "  - {name: Initial encoder, overrides: [method=baseline]}\n"
+        "  - {name: GCL, overrides: [method=gcl],"
+        " checkpoint_from: {method.encoder_checkpoint: Initial encoder}}\n"
+    )
+    table = load_table(path)
+    encoder, gcl = table.rows
+    out = tmp_path / "out"
+    seed1 = run_dir(out, table, encoder, encoder.runs()[1])
+    (seed1 / "checkpoints").mkdir(parents=True)
+    (seed1 / "checkpoints" / "last.ckpt").write_bytes(b"weights")
+    (seed1 / "metrics.json").write_text("{}")
+    assert command_overrides(out, table, gcl, gcl.runs()[1]) == (
+        "method=gcl",
+        "seed=1",
+        f"method.encoder_checkpoint={seed1 / 'checkpoints' / 'last.ckpt'}",
+    )
+    # Seed 0's initial encoder has not run: GCL's seed 0 is skipped, saying why, and runs nothing.
+    outcome = run_once(out, table, gcl, gcl.runs()[0])
+    assert outcome.metrics is None and "row 'Initial encoder' (seed 0)" in outcome.reason
+    skipped = run_dir(out, table, gcl, gcl.runs()[0]).with_name("seed-0.skipped.txt")
+    assert "method.encoder_checkpoint" in skipped.read_text()
+    assert not run_dir(out, table, gcl, gcl.runs()[0]).exists()
+    for rows, message in (
+        (
+            "  - {name: a, overrides: [m=1], checkpoint_from: {k: b}}\n"
+            "  - {name: b, overrides: [m=2]}\n",
+            "'b' is not an earlier row",
+        ),
+        (
+            "  - {name: b, overrides: [m=2], seeds: [0]}\n"
+            "  - {name: a, overrides: [m=1], checkpoint_from: {k: b}}\n",
+            "must be the same",
+        ),
+        ("  - {name: a, overrides: [m=1], checkpoint_from: [b]}\n", "map config keys"),
+    ):
+        path.write_text(f"table: t\nseeds: [0, 1]\nrows:\n{rows}")
         with pytest.raises(ValueError, match=message):
             load_table(path)
 
@@ -164,8 +208,10 @@ def test_smoke_profile_restart_and_skipped_rows(
     experiments = tmp_path / "experiments"
     experiments.mkdir()
     smoke = yaml.safe_load((ROOT / "experiments" / "smoke.yaml").read_text())
-    smoke["rows"] = smoke["rows"][:1]  # the baseline alone keeps the test short
+    # The baseline alone, one epoch: what is tested is the runner, not the training.
+    smoke["rows"] = smoke["rows"][:1]
     smoke["rows"][0]["seeds"] = [0, 1]
+    smoke["rows"][0]["overrides"].append("trainer.max_epochs=1")
     smoke["rows"].append(
         {
             "name": "needs Market",

@@ -7,6 +7,10 @@ A file holds ``table`` (its name), ``title``, ``source`` (where the reported num
 ``{target: {metric: value in %}}`` and ``seeds``: a list of seeds, one run each (``seed=<s>``
 added to its overrides), shown as mean +- standard deviation. A top-level ``seeds`` is the
 default of every row that names none; without either, a row is one run with the config's seed.
+A row may also start from the checkpoints of an earlier row of its table, seed by seed:
+``checkpoint_from: {<config key>: <row name>}`` adds ``<config key>=<that row's run of the same
+seed>/checkpoints/last.ckpt`` to its overrides (e.g. GCL's ``method.encoder_checkpoint``, the
+initial encoder being another row).
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ class Row:
     overrides: tuple[str, ...]
     reported: dict[str, dict[str, float]] = field(default_factory=dict)
     seeds: tuple[int, ...] = ()
+    # (config key, name of the earlier row whose run of the same seed gives its last.ckpt)
+    checkpoint_from: tuple[tuple[str, str], ...] = ()
 
     @property
     def slug(self) -> str:
@@ -77,7 +83,13 @@ def load_table(path: Path) -> Table:
                 "give one or the other"
             )
         rows.append(
-            Row(row["name"], tuple(row["overrides"]), dict(row.get("reported") or {}), seeds)
+            Row(
+                row["name"],
+                tuple(row["overrides"]),
+                dict(row.get("reported") or {}),
+                seeds,
+                _checkpoint_from(row.get("checkpoint_from"), rows, seeds, f"{path}: row {index}"),
+            )
         )
     slugs = [row.slug for row in rows]
     if len(set(slugs)) != len(slugs):
@@ -104,6 +116,31 @@ def _seeds(value: object, where: str) -> tuple[int, ...]:
     ):
         raise ValueError(f"{where} must be a non-empty list of distinct integers, got {value!r}")
     return tuple(value)
+
+
+def _checkpoint_from(
+    value: object, earlier: list[Row], seeds: tuple[int, ...], where: str
+) -> tuple[tuple[str, str], ...]:
+    """``{config key: row name}`` checked: each name an earlier row with the same seeds."""
+    if value is None:
+        return ()
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise ValueError(f"{where}: checkpoint_from must map config keys to row names")
+    rows = {row.name: row for row in earlier}
+    for key, name in value.items():
+        if name not in rows:
+            raise ValueError(
+                f"{where}: checkpoint_from {key}: {name!r} is not an earlier row of the table "
+                f"(earlier rows: {list(rows)})"
+            )
+        if rows[name].seeds != seeds:
+            raise ValueError(
+                f"{where}: checkpoint_from {key}: row {name!r} has seeds "
+                f"{list(rows[name].seeds)}, this row {list(seeds)}; they must be the same"
+            )
+    return tuple(value.items())
 
 
 def load_tables(folder: Path, profile: str) -> list[Table]:

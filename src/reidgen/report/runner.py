@@ -5,7 +5,8 @@ A row's run lives in ``<out>/runs/<table>/<row>/`` (a row with seeds: one run pe
 exists (``reidgen.run`` writes that file last, atomically). A folder without it is an
 interrupted run: it is moved aside to ``<row>.interrupted-<n>`` (never deleted) and the row is run
 again. A run that fails (a missing dataset, a validation mismatch, missing pretrained weights) is
-recorded in ``<row>.skipped.txt`` with the reason and retried the next time.
+recorded in ``<row>.skipped.txt`` with the reason and retried the next time; so is a run whose
+``checkpoint_from`` row has not finished its run of the same seed.
 """
 
 from __future__ import annotations
@@ -42,6 +43,31 @@ def finished(out: Path, table: Table, row: Row, run: Run) -> Outcome | None:
     return Outcome(directory, run.seed, metrics=metrics) if metrics.is_file() else None
 
 
+class NotReady(RuntimeError):
+    """A run's ``checkpoint_from`` row has no finished run of the same seed."""
+
+
+def command_overrides(out: Path, table: Table, row: Row, run: Run) -> tuple[str, ...]:
+    """The run's overrides, with ``key=<checkpoint>`` for each of the row's ``checkpoint_from``.
+
+    :raises NotReady: naming the row whose run of this seed has not finished.
+    """
+    overrides = list(run.overrides)
+    for key, name in row.checkpoint_from:
+        source = next(r for r in table.rows if r.name == name)
+        source_run = next(r for r in source.runs() if r.seed == run.seed)
+        done = finished(out, table, source, source_run)
+        checkpoint = None if done is None else done.run_dir / "checkpoints" / "last.ckpt"
+        if checkpoint is None or not checkpoint.is_file():
+            seed = "" if run.seed is None else f" (seed {run.seed})"
+            raise NotReady(
+                f"needs the checkpoint of row {name!r}{seed} for {key}, and that run has not "
+                "finished"
+            )
+        overrides.append(f"{key}={checkpoint}")
+    return tuple(overrides)
+
+
 def _reason(stderr: str, limit: int = 300) -> str:
     """The error message of a failed run: from its last ``SomethingError:`` line on (messages may
     span lines), shortened to ``limit`` characters."""
@@ -71,6 +97,13 @@ def run_once(out: Path, table: Table, row: Row, run: Run) -> Outcome:
     directory = run_dir(out, table, row, run)
     metrics = directory / "metrics.json"
     skipped = directory.with_name(f"{directory.name}.skipped.txt")
+    try:
+        overrides = command_overrides(out, table, row, run)
+    except NotReady as error:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        skipped.write_text(f"{error}\n")
+        print(f"[reproduce-table] {table.name} / {label}: skipped: {error}", flush=True)
+        return Outcome(directory, run.seed, reason=str(error))
     if directory.exists():
         moved = _move_aside(directory)
         print(f"[reproduce-table] {table.name} / {label}: interrupted run moved to {moved}")
@@ -79,7 +112,7 @@ def run_once(out: Path, table: Table, row: Row, run: Run) -> Outcome:
         sys.executable,
         "-m",
         "reidgen.run",
-        *run.overrides,
+        *overrides,
         f"hydra.run.dir={directory}",
     ]
     print(f"[reproduce-table] {table.name} / {label}: {' '.join(command[3:])}", flush=True)

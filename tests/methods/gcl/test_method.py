@@ -110,6 +110,66 @@ def test_sources_and_checkpoints_are_checked(tmp_path: Path) -> None:
         built(tmp_path, "method.generate=false")
 
 
+def _official_encoder_file(path: Path, embedding: int | None, wrap: bool) -> dict:
+    """A stage-1 file as the official code loads it: JVTC's ResNet (trunk, ``feat``,
+    ``feat_bn``) saved by DataParallel, or MLC's (trunk, ``bn``) inside ``{"state_dict": ...}``."""
+    torch.manual_seed(3)
+    trunk = built(path, "method.backbone.depth=18").backbone
+    for parameter in trunk.parameters():
+        parameter.data.normal_(0, 0.05)
+    channels = embedding or 512
+    neck = torch.nn.BatchNorm1d(channels)
+    neck.running_mean.normal_()
+    neck.running_var.uniform_(0.5, 2.0)
+    neck.weight.data.uniform_(0.5, 1.5)
+    parts = {"": trunk, "feat_bn." if embedding else "bn.": neck}
+    if embedding:
+        parts["feat."] = torch.nn.Linear(512, embedding)
+    state = {
+        f"module.{prefix}{key}": value.clone()
+        for prefix, module in parts.items()
+        for key, value in module.state_dict().items()
+    }
+    torch.save({"state_dict": state} if wrap else state, path / "stage1.pth")
+    return {"trunk": trunk.eval(), "linear": parts.get("feat."), "neck": neck.eval()}
+
+
+@pytest.mark.parametrize("embedding, wrap", [(16, False), (None, True)], ids=["jvtc", "mlc"])
+def test_official_stage1_weights_load(tmp_path: Path, embedding: int | None, wrap: bool) -> None:
+    reference = _official_encoder_file(tmp_path, embedding, wrap)
+    dim = "null" if embedding is None else embedding
+    method = built(tmp_path, f"method.embedding_dim={dim}").eval()
+    method.load_encoder(str(tmp_path / "stage1.pth"))
+    images = torch.randn(3, 3, 32, 16)
+    with torch.no_grad():
+        pooled = reference["trunk"](images).mean(dim=(2, 3))
+        if reference["linear"] is not None:
+            pooled = reference["linear"](pooled)
+        expected = reference["neck"](pooled)
+        code, embedded = method.encode(images)
+    torch.testing.assert_close(embedded, expected)
+    assert code.shape == (3, 512 * 4)
+    assert method.memory.features.shape[1] == (embedding or 512)
+    wrong = built(tmp_path, f"method.embedding_dim={'null' if embedding else 8}")
+    needed = "16" if embedding else "null"
+    with pytest.raises(ValueError, match=f"set method.embedding_dim={needed}"):
+        wrong.load_encoder(str(tmp_path / "stage1.pth"))
+
+
+def test_foreign_stage1_files_are_named(tmp_path: Path) -> None:
+    method = built(tmp_path)
+    torch.save({"encoder.weight": torch.zeros(2)}, tmp_path / "other.pth")
+    with pytest.raises(ValueError, match=r"other.pth is not a stage-1 ResNet.*encoder.weight"):
+        method.load_encoder(str(tmp_path / "other.pth"))
+    _official_encoder_file(tmp_path, None, wrap=False)
+    resnet50 = built(tmp_path, "method.backbone.depth=50")
+    with pytest.raises(ValueError, match="stage1.pth does not fit GCL's encoder"):
+        resnet50.load_encoder(str(tmp_path / "stage1.pth"))
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="junk.pth: torch.load cannot read it"):
+        method.load_encoder(str(tmp_path / "junk.pth"))
+
+
 def test_variant_names(tmp_path: Path) -> None:
     assert built(tmp_path).variant == "GCL"
     assert built(tmp_path, "method=gcl_plus").variant == "GCL+"

@@ -13,8 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
+from reidgen.run_support import load_method
 from reidgen.viz.gcl_views import CAPTION_HEIGHT, GAP, pictures_from_config
 from tests.conf.test_config import composed
+from tests.methods.gcl.test_method import built
 from tests.test_run import metrics_of, only_run, run_module
 
 SMALL = [
@@ -77,6 +79,19 @@ def encoder(tmp_path_factory: pytest.TempPathFactory, synth_data_dir: Path) -> P
     log_dir = tmp_path_factory.mktemp("gcl-stage1")
     run_module("reidgen.run", STAGE1, synth_data_dir, log_dir)
     return only_run(log_dir) / "checkpoints" / "last.ckpt"
+
+
+@pytest.mark.slow
+def test_a_bot_checkpoint_gives_the_encoder(encoder: Path, tmp_path: Path) -> None:
+    method = built(tmp_path)
+    method.load_encoder(str(encoder))
+    bot = load_method(encoder)
+    for name, tensor in bot.backbone.state_dict().items():
+        assert torch.equal(method.backbone.state_dict()[name], tensor), name
+    for name, tensor in bot.head.bn.state_dict().items():
+        assert torch.equal(method.neck.state_dict()[name], tensor), name
+    with pytest.raises(ValueError, match="without JVTC's Linear head"):
+        built(tmp_path, "method.embedding_dim=8").load_encoder(str(encoder))
 
 
 @pytest.fixture(scope="module")

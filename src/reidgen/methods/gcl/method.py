@@ -59,6 +59,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STATE_KEY = "gcl"
+# The torchvision ResNet trunk's top-level modules, as in reidgen's backbone and JVTC's ResNet.
+_TRUNK = frozenset({"conv1", "bn1", "layer1", "layer2", "layer3", "layer4"})
 StructureProvider = SynthPersonStructure | MeshStructure | GrayscaleStructure
 
 
@@ -78,8 +80,11 @@ class GCL(ReIDMethod):
         ``encoder_lr_gamma`` (official: after 10); G and D keep theirs (the official schedulers
         never reach their milestone).
     :param warmup_epochs: stage-2 epochs (E_id frozen).
-    :param encoder_checkpoint: the stage-1 encoder (a reidgen checkpoint), or None to start from
-        the backbone's own initialisation.
+    :param encoder_checkpoint: the stage-1 encoder (a reidgen BoT checkpoint, or a raw state dict
+        of JVTC's or MLC's ResNet-50 as the official code loads), or None to start from the
+        backbone's own initialisation.
+    :param embedding_dim: JVTC's head, a Linear ``C -> embedding_dim`` before the BN neck (512 for
+        the official JVTC weights); None: the BN neck on the ``C`` pooled channels (BoT's, MLC's).
     :param generate: False = the memory loss on original images only (no generator).
     :param mixup: GCL+'s D-Mixup and prototype loss.
     :param mixup_alpha: Beta(alpha, alpha) of the mixing weight (official 0.6).
@@ -108,6 +113,7 @@ class GCL(ReIDMethod):
         encoder_lr_gamma: float = 0.1,
         warmup_epochs: int = 1,
         encoder_checkpoint: str | None = None,
+        embedding_dim: int | None = None,
         generate: bool = True,
         mixup: bool = False,
         mixup_alpha: float = 0.6,
@@ -137,14 +143,18 @@ class GCL(ReIDMethod):
         self.automatic_optimization = False
         self.backbone = backbone
         channels = backbone.out_channels
-        # E_id's embedding: the BN neck of the initial encoder (BoT's, bias fixed at 0).
-        self.neck = nn.BatchNorm1d(channels)
+        # E_id's embedding: the BN neck of the initial encoder (BoT's, bias fixed at 0), after
+        # JVTC's Linear C -> embedding_dim when the encoder starts from JVTC's weights.
+        self.embedding = nn.Linear(channels, embedding_dim) if embedding_dim else None
+        self.neck = nn.BatchNorm1d(embedding_dim or channels)
         self.neck.bias.requires_grad_(False)
         self.structure = structure
         self.generate = generate
         self.generator = generator(code_dim=channels * NUM_PARTS) if generate else None
         self.discriminator = discriminator if generate else None
-        self.memory = memory(num_samples=self.num_unlabelled_images, num_features=channels)
+        self.memory = memory(
+            num_samples=self.num_unlabelled_images, num_features=embedding_dim or channels
+        )
         self.register_buffer("memory_ready", torch.zeros((), dtype=torch.bool))
         self.labeller = labeller
         self.generator_optimizer_factory = generator_optimizer
@@ -192,15 +202,46 @@ class GCL(ReIDMethod):
     def encode(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """E_id: ``[B, 3, H, W]`` -> (identity code ``[B, C * 4]``, BN embedding ``[B, C]``)."""
         feature_map = self.backbone(images)
-        return part_code(feature_map), self.neck(feature_map.mean(dim=(2, 3)))
+        pooled = feature_map.mean(dim=(2, 3))
+        if self.embedding is not None:
+            pooled = self.embedding(pooled)
+        return part_code(feature_map), self.neck(pooled)
 
     def extract(self, images: Tensor) -> Features:
         """The BN embedding ``[B, C]`` (the official test feature, L2-normalised by the
         evaluator's cosine distance)."""
         return Features.embedding(self.encode(images)[1])
 
+    def head_parameters(self) -> list[nn.Parameter]:
+        """JVTC's Linear head (empty without ``embedding_dim``)."""
+        return [] if self.embedding is None else list(self.embedding.parameters())
+
     def load_encoder(self, path: str) -> None:
-        """E_id from a reidgen checkpoint: its ``backbone`` and its head's BN neck."""
+        """E_id from a reidgen checkpoint (a BoT model: its backbone and BN neck) or from a raw
+        state dict of the official stage-1 models (JVTC's ResNet: torchvision trunk keys,
+        ``feat.*`` Linear, ``feat_bn.*`` BN; MLC's ``bn.*`` BN on the pooled channels)."""
+        file = Path(path)
+        if not file.is_file():
+            raise FileNotFoundError(f"encoder checkpoint {path} does not exist")
+        try:
+            checkpoint = torch.load(file, map_location="cpu", weights_only=False)
+        except Exception as error:
+            raise ValueError(
+                f"encoder checkpoint {path}: torch.load cannot read it "
+                f"({type(error).__name__}: {error})"
+            ) from error
+        if isinstance(checkpoint, Mapping) and "hyper_parameters" in checkpoint:
+            self._load_reidgen_encoder(path)
+        elif isinstance(checkpoint, Mapping):
+            self._load_raw_encoder(path, checkpoint.get("state_dict", checkpoint))
+        else:
+            raise ValueError(
+                f"encoder checkpoint {path} holds a {type(checkpoint).__name__}, neither a "
+                "reidgen checkpoint nor a state dict"
+            )
+        log.info("GCL encoder initialised from %s", path)
+
+    def _load_reidgen_encoder(self, path: str) -> None:
         from reidgen.run_support import load_method  # run_support builds methods: no cycle
 
         source = load_method(path)
@@ -211,15 +252,54 @@ class GCL(ReIDMethod):
                 "backbone and BN-neck head (head.bn) to start GCL's encoder from; use a "
                 "baseline (BoT) checkpoint"
             )
+        if self.embedding is not None:
+            raise ValueError(
+                f"encoder checkpoint {path} is a reidgen model without JVTC's Linear head: "
+                "set method.embedding_dim=null"
+            )
+        self._load_parts(path, source.backbone.state_dict(), None, neck.state_dict())
+
+    def _load_raw_encoder(self, path: str, state: Mapping[str, Any]) -> None:
+        state = {str(key).removeprefix("module."): value for key, value in state.items()}
+        trunk = {key: value for key, value in state.items() if key.split(".")[0] in _TRUNK}
+        linear = _prefixed(state, "feat.")
+        neck_prefix = "feat_bn." if _prefixed(state, "feat_bn.") else "bn."
+        neck = _prefixed(state, neck_prefix)
+        if not trunk or not neck:
+            raise ValueError(
+                f"encoder checkpoint {path} is not a stage-1 ResNet state dict: expected the "
+                "torchvision trunk (conv1.*, bn1.*, layer1-4.*) and a BN neck (feat_bn.* or "
+                f"bn.*); its first keys are {sorted(state)[:8]}"
+            )
+        if bool(linear) != (self.embedding is not None):
+            raise ValueError(
+                f"encoder checkpoint {path} "
+                + (
+                    f"has JVTC's Linear head feat.* ({tuple(linear['weight'].shape)}): set "
+                    f"method.embedding_dim={linear['weight'].shape[0]}"
+                    if linear
+                    else "has no Linear head (feat.*): set method.embedding_dim=null"
+                )
+            )
+        self._load_parts(path, trunk, linear or None, neck)
+
+    def _load_parts(
+        self,
+        path: str,
+        trunk: Mapping[str, Tensor],
+        linear: Mapping[str, Tensor] | None,
+        neck: Mapping[str, Tensor],
+    ) -> None:
         try:
-            self.backbone.load_state_dict(source.backbone.state_dict())
-            self.neck.load_state_dict(neck.state_dict())
+            self.backbone.load_state_dict(trunk)
+            if linear is not None:
+                self.embedding.load_state_dict(linear)
+            self.neck.load_state_dict(neck)
         except RuntimeError as error:
             raise ValueError(
-                f"encoder checkpoint {path}: its backbone does not fit method.backbone "
-                f"(depth, last stride, IBN must match): {error}"
+                f"encoder checkpoint {path} does not fit GCL's encoder (method.backbone depth "
+                f"and IBN, method.embedding_dim must match): {error}"
             ) from error
-        log.info("GCL encoder initialised from %s", path)
 
     # ------------------------------------------------------------------ stages and labels
     def joint(self, epoch: int | None = None) -> bool:
@@ -287,7 +367,7 @@ class GCL(ReIDMethod):
 
     # ------------------------------------------------------------------ training
     def configure_optimizers(self) -> Any:
-        encoder = [*self.backbone.parameters(), *self.neck.parameters()]
+        encoder = [*self.backbone.parameters(), *self.head_parameters(), *self.neck.parameters()]
         optimizers = [self.encoder_optimizer_factory([p for p in encoder if p.requires_grad])]
         if self.generate:
             optimizers.append(self.generator_optimizer_factory(self.generator.parameters()))
@@ -296,7 +376,7 @@ class GCL(ReIDMethod):
 
     def on_train_epoch_start(self) -> None:
         frozen = not self.joint()
-        for parameter in (*self.backbone.parameters(), self.neck.weight):
+        for parameter in (*self.backbone.parameters(), *self.head_parameters(), self.neck.weight):
             parameter.requires_grad_(not frozen)
         if self.joint():
             joint_epoch = self.current_epoch - self.warmup_epochs
@@ -514,3 +594,8 @@ def _beta(alpha: float, random: torch.Generator) -> float:
 def _soft_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
     """``-sum(targets * log_softmax(logits))`` averaged over the batch."""
     return -(targets * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+
+
+def _prefixed(state: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    """The entries of ``state`` under ``prefix``, with it removed."""
+    return {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
