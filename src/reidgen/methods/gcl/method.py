@@ -200,7 +200,8 @@ class GCL(ReIDMethod):
 
     # ------------------------------------------------------------------ the identity encoder
     def encode(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        """E_id: ``[B, 3, H, W]`` -> (identity code ``[B, C * 4]``, BN embedding ``[B, C]``)."""
+        """E_id: ``[B, 3, H, W]`` -> (identity code ``[B, C * 4]``, BN embedding ``[B, D]``; ``D``
+        is ``embedding_dim``, or ``C`` without JVTC's Linear head)."""
         feature_map = self.backbone(images)
         pooled = feature_map.mean(dim=(2, 3))
         if self.embedding is not None:
@@ -208,7 +209,7 @@ class GCL(ReIDMethod):
         return part_code(feature_map), self.neck(pooled)
 
     def extract(self, images: Tensor) -> Features:
-        """The BN embedding ``[B, C]`` (the official test feature, L2-normalised by the
+        """The BN embedding ``[B, D]`` (the official test feature, L2-normalised by the
         evaluator's cosine distance)."""
         return Features.embedding(self.encode(images)[1])
 
