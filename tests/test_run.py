@@ -67,11 +67,8 @@ def two_epoch_run(
     """The quickstart run, made once per test session: under xdist the first worker to need it
     runs it in the session's shared folder (the parent of the workers' own), the others wait for
     it and read it. Tests only read it."""
-    if worker_id == "master":
-        log_dir = tmp_path_factory.mktemp("two-epochs")
-        run_module("reidgen.run", QUICK, synth_data_dir, log_dir)
-        return only_run(log_dir)
-    log_dir = tmp_path_factory.getbasetemp().parent / "two-epochs"
+    base = tmp_path_factory.getbasetemp()
+    log_dir = (base if worker_id == "master" else base.parent) / "two-epochs"
     with FileLock(str(log_dir) + ".lock"):
         if not (log_dir / "finished").is_file():
             shutil.rmtree(log_dir, ignore_errors=True)

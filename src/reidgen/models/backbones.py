@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -143,13 +144,17 @@ def _find_imagenet_weights(depth: int, ibn: str | None) -> Path:
     )
 
 
-def _read_state_dict(path: Path) -> dict[str, Tensor]:
-    """Load a state dict, unwrapping ``{"state_dict": ...}`` checkpoints and ``module.`` prefixes
-    (DataParallel), the two forms in which released re-id backbones circulate."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+def unwrap_state_dict(state: Mapping[str, Any]) -> dict[str, Tensor]:
+    """A state dict out of ``{"state_dict": ...}`` checkpoints and without ``module.`` prefixes
+    (DataParallel), the two forms in which released re-id models circulate."""
     if "state_dict" in state:
         state = state["state_dict"]
     return {key.removeprefix("module."): value for key, value in state.items()}
+
+
+def _read_state_dict(path: Path) -> dict[str, Tensor]:
+    """Load a state dict file (see :func:`unwrap_state_dict`)."""
+    return unwrap_state_dict(torch.load(path, map_location="cpu", weights_only=True))
 
 
 class ResNetBackbone(nn.Module):

@@ -52,6 +52,7 @@ from reidgen.methods.gcl.discriminator import (
 from reidgen.methods.gcl.generator import NUM_PARTS, Generator, part_code
 from reidgen.methods.gcl.memory import InstanceMemory
 from reidgen.methods.gcl.structure import GrayscaleStructure, MeshStructure, SynthPersonStructure
+from reidgen.models.backbones import unwrap_state_dict
 
 if TYPE_CHECKING:
     from reidgen.data.training_set import TrainingSet
@@ -234,7 +235,7 @@ class GCL(ReIDMethod):
         if isinstance(checkpoint, Mapping) and "hyper_parameters" in checkpoint:
             self._load_reidgen_encoder(path)
         elif isinstance(checkpoint, Mapping):
-            self._load_raw_encoder(path, checkpoint.get("state_dict", checkpoint))
+            self._load_raw_encoder(path, unwrap_state_dict(checkpoint))
         else:
             raise ValueError(
                 f"encoder checkpoint {path} holds a {type(checkpoint).__name__}, neither a "
@@ -260,8 +261,7 @@ class GCL(ReIDMethod):
             )
         self._load_parts(path, source.backbone.state_dict(), None, neck.state_dict())
 
-    def _load_raw_encoder(self, path: str, state: Mapping[str, Any]) -> None:
-        state = {str(key).removeprefix("module."): value for key, value in state.items()}
+    def _load_raw_encoder(self, path: str, state: Mapping[str, Tensor]) -> None:
         trunk = {key: value for key, value in state.items() if key.split(".")[0] in _TRUNK}
         linear = _prefixed(state, "feat.")
         neck_prefix = "feat_bn." if _prefixed(state, "feat_bn.") else "bn."
