@@ -182,6 +182,14 @@ def _state_differences(stored: Mapping[str, Any], expected: Mapping[str, Any]) -
     return " | ".join(parts)
 
 
+def inference_device(name: str) -> torch.device:
+    """The device a checkpoint CLI runs on: ``"auto"`` is CUDA when there is a GPU, else the CPU;
+    anything else is a ``torch.device`` name (``"cpu"``, ``"cuda:1"``)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def checkpoint_datamodule(data: DictConfig, method: ReIDMethod) -> ReIDDataModule:
     """The targets of ``data`` (no training sources), read with the test transform stored in
     ``method``'s checkpoint (size, normalisation), unless ``data.test_transform`` is overridden
@@ -189,9 +197,11 @@ def checkpoint_datamodule(data: DictConfig, method: ReIDMethod) -> ReIDDataModul
     overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
     overridden = any(o.startswith("data.test_transform") for o in overrides)
     stored = method.hparams.get("test_transform")
+    # Only the targets are read: no training source, labelled or not (a data config with
+    # unlabelled sources, e.g. synth_unsupervised, names them among its sources).
     if stored is None or overridden:
-        return instantiate(data, sources=[])
-    return instantiate(data, sources=[], test_transform=instantiate(stored))
+        return instantiate(data, sources=[], unlabelled=[])
+    return instantiate(data, sources=[], unlabelled=[], test_transform=instantiate(stored))
 
 
 def build_loggers(cfg: DictConfig) -> list[Logger]:

@@ -14,7 +14,10 @@ with its top results as the evaluation ranks them; this module does all of it bu
 * :func:`rank_queries`: the three composed, through ``method.distance``;
 * :func:`picture_paths`, :func:`write_png`: ``out_dir/query_<index>.png``, each written whole or
   not at all, and never replacing an existing picture unless asked;
-* :func:`checkpoint_target`, :func:`print_pictures`: what the picture CLIs do first and last.
+* :func:`checkpoint_target`, :func:`print_pictures`: what the picture CLIs do first and last;
+* :func:`write_ranked_pictures`: the ranked-list picture of any method
+  (:mod:`reidgen.viz.ranked_list`), and its CLI ``python -m reidgen.viz.ranked ckpt=PATH
+  data=synth_cross target=synth_street queries=[0,5]`` (config ``conf/viz_ranked.yaml``).
 """
 
 from __future__ import annotations
@@ -25,20 +28,23 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm import tqdm
 
 from reidgen.atomic import write_atomically
 from reidgen.data.datamodule import ReIDDataModule
-from reidgen.data.dataset import EvalDataset
+from reidgen.data.dataset import EvalDataset, read_image
 from reidgen.eval.features import Features
 from reidgen.eval.ranking import JUNK_PID
 from reidgen.eval.target import EvalTarget
 from reidgen.methods.base import ReIDMethod
-from reidgen.run_support import checkpoint_datamodule, load_method
+from reidgen.run_support import checkpoint_datamodule, inference_device, load_method
+from reidgen.viz.ranked_list import draw_ranked_list, result_marks
 
 QUERY_CHUNK = 64
 """Queries whose ``[chunk, G]`` distances are computed and ranked at a time."""
@@ -154,20 +160,38 @@ def inference(method: torch.nn.Module) -> Iterator[None]:
 
 def extract_features(
     method: ReIDMethod,
-    dataset: EvalDataset,
+    dataset: Dataset,
     indices: Sequence[int],
     batch_size: int = 64,
     num_workers: int = 0,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    progress: bool = False,
 ) -> Features:
-    """``method.extract`` of ``dataset[indices]``, ``[len(indices), ...]`` per part, in order,
-    on the method's device (the test transform's images, no flip)."""
+    """``method.extract`` of ``dataset[indices]`` (items with an ``"image"``: an
+    :class:`EvalDataset`'s, or any such dataset's), ``[len(indices), ...]`` per part, in order
+    (the test transform's images, no flip).
+
+    :param device, dtype: where and as what each batch's features are kept (default: the
+        method's device, the method's dtype); ``device="cpu"`` holds one batch at a time on the
+        accelerator, whatever the number of images.
+    :param progress: a progress bar over the batches, named after ``dataset.name``.
+    """
     if not indices:
         raise ValueError("no images to extract features of")
     loader = DataLoader(
         Subset(dataset, list(indices)), batch_size=batch_size, num_workers=num_workers
     )
+    name = getattr(dataset, "name", "images")
+    batches = tqdm(loader, desc=f"features of {name}", unit="batch", disable=not progress)
+    chunks = []
     with inference(method):
-        return Features.cat([method.extract(batch["image"].to(method.device)) for batch in loader])
+        for batch in batches:
+            features = method.extract(batch["image"].to(method.device))
+            if device is not None or dtype is not None:
+                features = features.map(lambda tensor: tensor.to(device or tensor.device, dtype))
+            chunks.append(features)
+    return Features.cat(chunks)
 
 
 def rank_gallery(
@@ -314,11 +338,7 @@ def checkpoint_target(
     overrides = OmegaConf.to_container(cfg.method_overrides, resolve=True)
     method = load_method(cfg.ckpt, overrides=overrides)
     check_method(method, "this checkpoint's method")
-    if cfg.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(cfg.device)
-    method.to(device)
+    method.to(inference_device(cfg.device))
     datamodule = checkpoint_datamodule(cfg.data, method)
     dataset = target_dataset(datamodule, cfg.target)
     queries = list(cfg.queries) if OmegaConf.is_list(cfg.queries) else [cfg.queries]
@@ -367,3 +387,66 @@ def pictures_from_checkpoint(
     )
     print_pictures(pictures)
     return pictures
+
+
+# ---------------------------------------------------------------------------------- any method
+def check_method(method: object, subject: str = "this method") -> None:
+    """Raises ``TypeError`` unless ``method`` is a reidgen method (every one can be pictured)."""
+    if not isinstance(method, ReIDMethod):
+        raise TypeError(f"{subject} is not a reidgen method ({type(method).__name__})")
+
+
+def write_ranked_pictures(
+    method: ReIDMethod,
+    dataset: EvalDataset,
+    queries: Iterable[int],
+    out_dir: str | Path,
+    top: int = 5,
+    height: int = 256,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    exclude_same_camera: bool = True,
+    overwrite: bool = False,
+) -> list[Picture]:
+    """For each query (a position in the query set): the query and its ``top`` gallery results by
+    the method's test distance, marked correct / wrong / junk (:func:`draw_ranked_list`), written
+    as ``out_dir/query_<index>.png``. Images are shown as read from disk.
+
+    :param exclude_same_camera: leave out the query's identity in the query's camera, as the
+        evaluation protocols do (with False they appear, marked junk); junk is always left out.
+    :param overwrite: replace existing pictures; otherwise an existing one is an error, raised
+        before anything is computed.
+    """
+    check_method(method)
+    chosen = select_queries(dataset, queries)
+    paths = picture_paths(out_dir, chosen, overwrite)
+    ranked = rank_queries(
+        method, dataset, chosen, top, batch_size, num_workers, exclude_same_camera
+    )
+    samples, target = dataset.samples, dataset.target
+    pictures = []
+    for ranking, path in zip(ranked.rankings, paths, strict=True):
+        captions = [f"#{k + 1}: {distance:.3f}" for k, distance in enumerate(ranking.distances)]
+        picture = draw_ranked_list(
+            read_image(samples[ranking.query].path),
+            [read_image(samples[index].path) for index in ranking.results],
+            result_marks(target, ranking.query, ranking.results),
+            captions,
+            height,
+        )
+        pictures.append(Picture(write_png(picture, path, overwrite), ranking))
+    return pictures
+
+
+def pictures_from_config(cfg: DictConfig) -> list[Picture]:
+    """The CLI without Hydra's wrapper (keys: ``conf/viz_ranked.yaml``)."""
+    return pictures_from_checkpoint(cfg, check_method, write_ranked_pictures)
+
+
+@hydra.main(version_base="1.3", config_path="pkg://reidgen.conf", config_name="viz_ranked")
+def main(cfg: DictConfig) -> None:
+    pictures_from_config(cfg)
+
+
+if __name__ == "__main__":
+    main()

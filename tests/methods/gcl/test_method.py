@@ -4,6 +4,7 @@ is given (sources, encoder checkpoint)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -188,3 +189,43 @@ def test_redraw_and_mixed_pictures_shapes(tmp_path: Path) -> None:
     own = method.generator.decode(method.generator.encode(maps[:, 3]), code)
     torch.testing.assert_close(drawn[:, 3], own)
     assert method.mixed_pictures(images, maps[:, 0]).shape == (3, 2, 3, 32, 16)
+
+
+def test_which_losses_train_the_encoder(tmp_path: Path) -> None:
+    method = built(tmp_path, "method.generation_trains_encoder=false")
+    assert not method.generation_trains_encoder
+    method.manual_backward = lambda loss, **options: loss.backward(**options)
+    images, maps = torch.randn(2, 3, 32, 16), torch.randn(2, 1, 32, 16)
+
+    def losses() -> dict[str, torch.Tensor]:
+        """A generation loss and a memory-like loss, both reaching E_id and the generator."""
+        code, embedding = method.encode(images)
+        drawn = method.generator.decode(method.generator.encode(maps), code)
+        _, drawn_embedding = method.encode(drawn)
+        return {
+            "reconstruction": (drawn - images).abs().mean(),
+            "memory": (embedding - drawn_embedding).square().mean(),
+        }
+
+    def gradients(backward: Callable[[dict[str, torch.Tensor]], None]) -> list[torch.Tensor]:
+        method.zero_grad(set_to_none=False)
+        backward(losses())
+        parameters = (*method.encoder_parameters(), *method.generator.parameters())
+        return [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in parameters]
+
+    every = gradients(lambda weighted: sum(weighted.values()).backward())
+    memory = gradients(lambda weighted: weighted["memory"].backward())
+    split = len(method.encoder_parameters())
+    scale = max(float(g.abs().max()) for g in every)
+    for generation_trains_encoder in (True, False):
+        method.generation_trains_encoder = generation_trains_encoder
+        expected = every if generation_trains_encoder else memory[:split] + every[split:]
+        joint = gradients(lambda weighted: method._generator_step_backward(weighted, joint=True))
+        # Two backward passes sum the generator's gradients in another order: float tolerance
+        # relative to the largest gradient (small ones are sums of large opposite terms).
+        for got, want in zip(joint, expected, strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * scale)
+        # Warm-up steps never separate the losses (E_id is frozen then).
+        warmup = gradients(lambda weighted: method._generator_step_backward(weighted, False))
+        for got, want in zip(warmup, every, strict=True):
+            torch.testing.assert_close(got, want)

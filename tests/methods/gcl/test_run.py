@@ -159,12 +159,19 @@ def test_resume_across_each_stage_is_exact(
 def test_gcl_and_the_originals_only_ablation(
     encoder: Path, tmp_path: Path, synth_data_dir: Path
 ) -> None:
-    plain = tmp_path / "gcl"
-    run_module("reidgen.run", gcl_args(encoder, 2, method="gcl"), synth_data_dir, plain)
-    rows = epoch_rows(only_run(plain))
-    assert float(rows[1]["train/memory_loss_epoch"]) > 0
-    assert not any(row.get("train/prototype_loss_epoch") for row in rows)
-    assert metrics_of(only_run(plain))["method_variant"] == "GCL"
+    # One GCL warm-up serves both GCL and GCL+ (experiments/gcl_synthperson.yaml): the warm-up
+    # does not depend on D-Mixup, and each variant's joint epochs continue from its checkpoint.
+    warmup = tmp_path / "gcl-warmup"
+    run_module("reidgen.run", gcl_args(encoder, 1, method="gcl"), synth_data_dir, warmup)
+    checkpoint = only_run(warmup) / "checkpoints" / "last.ckpt"
+    for method, variant in (("gcl", "GCL"), ("gcl_plus", "GCL+")):
+        joint = tmp_path / method
+        args = [*gcl_args(encoder, 2, method=method), f"ckpt_path={checkpoint}"]
+        run_module("reidgen.run", args, synth_data_dir, joint)
+        (row,) = epoch_rows(only_run(joint))
+        assert float(row["train/memory_loss_epoch"]) > 0
+        assert bool(row.get("train/prototype_loss_epoch")) == (variant == "GCL+")
+        assert metrics_of(only_run(joint))["method_variant"] == variant
 
     originals = tmp_path / "originals"
     args = gcl_args(encoder, 1, "method.generate=false", "method.warmup_epochs=0", method="gcl")

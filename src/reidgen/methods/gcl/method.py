@@ -93,6 +93,9 @@ class GCL(ReIDMethod):
         prototype_weight: loss weights (official 5, 5, 5, 1, 1; GCL+'s prototype weight is not in
         the release, 1 here).
     :param r1_weight: R1 penalty on real images (official 0.01).
+    :param generation_trains_encoder: whether the generation losses (reconstruction, cycle, code,
+        GAN) train E_id in joint epochs, as officially; False (an ablation): E_id learns from the
+        memory (and prototype) losses only, the generator from every loss as before.
     :param picture_people: people of each epoch's first batch drawn in ``views/epoch_<N>.png``
         (:mod:`reidgen.viz.gcl_views`); 0 draws none.
     :param seed: seeds every random draw of a step (views, memory samples, mixing) together with
@@ -125,6 +128,7 @@ class GCL(ReIDMethod):
         memory_weight: float = 1.0,
         prototype_weight: float = 1.0,
         r1_weight: float = 0.01,
+        generation_trains_encoder: bool = True,
         picture_people: int = 4,
         seed: int = 0,
         **settings: Any,
@@ -174,6 +178,7 @@ class GCL(ReIDMethod):
             "prototype": prototype_weight,
         }
         self.r1_weight = r1_weight
+        self.generation_trains_encoder = generation_trains_encoder
         self.picture_people = picture_people
         self.seed = seed
         # This epoch's first images (for the picture) and every step's features (for the check
@@ -367,8 +372,12 @@ class GCL(ReIDMethod):
         return kept[positions.to(kept.device)]
 
     # ------------------------------------------------------------------ training
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        """E_id's parameters: the backbone, JVTC's head if any, the BN neck."""
+        return [*self.backbone.parameters(), *self.head_parameters(), *self.neck.parameters()]
+
     def configure_optimizers(self) -> Any:
-        encoder = [*self.backbone.parameters(), *self.head_parameters(), *self.neck.parameters()]
+        encoder = self.encoder_parameters()
         optimizers = [self.encoder_optimizer_factory([p for p in encoder if p.requires_grad])]
         if self.generate:
             optimizers.append(self.generator_optimizer_factory(self.generator.parameters()))
@@ -455,10 +464,11 @@ class GCL(ReIDMethod):
                 losses["prototype"] = F.cross_entropy(
                     embedding @ prototypes.T, batch["pid"] - self.num_classes
                 ) + _soft_cross_entropy(embedding_mixed @ prototypes.T, mixed_targets)
-        g_loss = sum(self.weights[name] * value for name, value in losses.items())
+        weighted = {name: self.weights[name] * value for name, value in losses.items()}
+        g_loss = sum(weighted.values())
         generator_optimizer.zero_grad()
         encoder_optimizer.zero_grad()
-        self.manual_backward(g_loss)
+        self._generator_step_backward(weighted, joint)
         generator_optimizer.step()
         if joint:
             encoder_optimizer.step()
@@ -474,6 +484,20 @@ class GCL(ReIDMethod):
             on_step=True,
             on_epoch=True,
         )
+
+    def _generator_step_backward(self, weighted: dict[str, Tensor], joint: bool) -> None:
+        """Gradients of the G (+ E_id) step's weighted losses: the generator gets every loss's;
+        E_id every loss's too (official), or with ``generation_trains_encoder=False`` in joint
+        epochs only the memory and prototype losses'."""
+        if not joint or self.generation_trains_encoder:
+            self.manual_backward(sum(weighted.values()))
+            return
+        contrastive = {"memory", "prototype"}
+        generation = sum(value for name, value in weighted.items() if name not in contrastive)
+        self.manual_backward(generation, retain_graph=True)
+        for parameter in self.encoder_parameters():
+            parameter.grad = None
+        self.manual_backward(sum(value for name, value in weighted.items() if name in contrastive))
 
     def on_train_epoch_end(self) -> None:
         super().on_train_epoch_end()
