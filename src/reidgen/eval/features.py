@@ -38,7 +38,8 @@ class Features:
     def __post_init__(self) -> None:
         if not self.parts:
             raise ValueError("Features needs at least one named tensor")
-        sizes = {name: t.shape[0] if t.dim() else None for name, t in self.parts.items()}
+        # int(): under tracing (export) a size is a tensor, and tensors compare by identity.
+        sizes = {name: int(t.shape[0]) if t.dim() else None for name, t in self.parts.items()}
         if None in sizes.values() or len(set(sizes.values())) != 1:
             raise ValueError(
                 f"every feature part needs the same number of rows [N, ...], got {sizes}"
