@@ -25,6 +25,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
+from reidgen.atomic import write_atomically
 from reidgen.methods.base import ReIDMethod
 from reidgen.run_support import load_method
 
@@ -123,8 +124,8 @@ def export_network(
 ) -> None:
     """Writes ``network`` to ``path`` (which must not exist) as ONNX or TorchScript."""
     example = torch.zeros(2, 3, *size)
-    temporary = path.with_name(f".{path.name}.partial{path.suffix}")
-    try:
+
+    def write(temporary: Path) -> None:
         with warnings.catch_warnings():
             # Notes about the exporters themselves (TorchScript is deprecated in this torch;
             # the tracer's note on reidgen's shape check, a constant by design), not the user's.
@@ -145,9 +146,8 @@ def export_network(
                 with torch.no_grad():
                     traced = torch.jit.trace(network, example, check_trace=False)
                 traced.save(str(temporary))
-        temporary.rename(path)
-    finally:
-        temporary.unlink(missing_ok=True)
+
+    write_atomically(path, write, overwrite=False)
 
 
 def export_from_config(cfg: DictConfig) -> Path:

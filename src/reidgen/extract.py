@@ -70,6 +70,15 @@ def feature_paths(out: str | Path, file_format: str) -> tuple[Path, Path]:
     return out.with_name(f"{out.name}.{file_format}"), out.with_name(f"{out.name}.csv")
 
 
+def refuse_existing(paths: Iterable[Path]) -> None:
+    """A ``FileExistsError`` naming those of ``paths`` that exist, if any."""
+    existing = [str(path) for path in paths if path.exists()]
+    if existing:
+        raise FileExistsError(
+            f"not overwriting {', '.join(existing)}: choose another out=... or remove them"
+        )
+
+
 def write_feature_file(
     features: Features,
     records: Iterable[ImageRecord],
@@ -86,11 +95,7 @@ def write_feature_file(
     if len(records) != len(features):
         raise ValueError(f"{len(records)} index rows for {len(features)} feature rows")
     features_path, index_path = feature_paths(out, file_format)
-    existing = [str(path) for path in (features_path, index_path) if path.exists()]
-    if existing:
-        raise FileExistsError(
-            f"not overwriting {', '.join(existing)}: choose another out=... or remove them"
-        )
+    refuse_existing((features_path, index_path))
     tensors = {name: tensor.contiguous() for name, tensor in features.parts.items()}
     if file_format == "safetensors":
         content = save(tensors, metadata=metadata)
@@ -153,11 +158,7 @@ def extract_from_config(cfg: DictConfig) -> tuple[Path, Path]:
     if dtype is None:
         raise ValueError(f"dtype must be float32 or float16, got {cfg.dtype!r}")
     # Checked before the (possibly long) extraction: an existing file is refused at once.
-    existing = [str(p) for p in feature_paths(cfg.out, cfg.format) if p.exists()]
-    if existing:
-        raise FileExistsError(
-            f"not overwriting {', '.join(existing)}: choose another out=... or remove them"
-        )
+    refuse_existing(feature_paths(cfg.out, cfg.format))
     overrides = OmegaConf.to_container(cfg.method_overrides, resolve=True)
     method = load_method(cfg.ckpt, overrides=overrides)
     method.to(inference_device(cfg.device))

@@ -140,14 +140,13 @@ def search(
     if stored is None:
         raise ValueError("the checkpoint holds no test transform to read the images with")
     transform = instantiate(stored)
+
+    def features_of(files: list[Path], role: str) -> Features:
+        dataset = ImageFiles(files, transform, role)
+        return extract_features(method, dataset, range(len(files)), batch_size, progress=progress)
+
     query_files = image_files(query, "query")
-    query_features = extract_features(
-        method,
-        ImageFiles(query_files, transform, "query"),
-        range(len(query_files)),
-        batch_size,
-        progress=progress,
-    )
+    query_features = features_of(query_files, "query")
     gallery = Path(gallery)
     if gallery.is_file() and gallery.suffix in FEATURE_SUFFIXES:
         gallery_features, records = read_feature_file(gallery)
@@ -161,13 +160,7 @@ def search(
         gallery_features = gallery_features.map(lambda t: t.to(method.device, torch.float32))
     else:
         gallery_files = image_files(gallery, "gallery")
-        gallery_features = extract_features(
-            method,
-            ImageFiles(gallery_files, transform, "gallery"),
-            range(len(gallery_files)),
-            batch_size,
-            progress=progress,
-        )
+        gallery_features = features_of(gallery_files, "gallery")
     indices, distances = rank_all(method, query_features, gallery_features, top, rerank_options)
     return SearchResult(query_files, gallery_files, indices, distances)
 
