@@ -21,6 +21,17 @@ from reidgen.eval import evaluate_ranking
 from reidgen.methods.base import METRIC_KEYS
 
 QUICK = ["experiment=quick", "hardware=cpu", "trainer.precision=32-true"]
+# The quickstart run's stdout and stderr, next to its runs/ folder.
+CONSOLE = "console.txt"
+# Lines of third-party code that reidgen.console silences (see there why), and Lightning's note
+# on checkpoints saved without saying weights_only, which reidgen's last.ckpt now says.
+SILENCED = (
+    "LeafSpec",
+    "💡 Tip",
+    "TPU available: False",
+    "does not have many workers",
+    "`weights_only` was not set",
+)
 
 
 def module_env(data_dir: Path, log_dir: Path) -> dict[str, str]:
@@ -72,9 +83,17 @@ def two_epoch_run(
     with FileLock(str(log_dir) + ".lock"):
         if not (log_dir / "finished").is_file():
             shutil.rmtree(log_dir, ignore_errors=True)
-            run_module("reidgen.run", QUICK, synth_data_dir, log_dir)
+            result = run_module("reidgen.run", QUICK, synth_data_dir, log_dir)
+            (log_dir / CONSOLE).write_text(result.stdout + result.stderr)
             (log_dir / "finished").touch()
     return only_run(log_dir)
+
+
+def assert_quiet_console(console: str) -> None:
+    """No third-party line that reidgen.console silences; Lightning's run information stays."""
+    for silenced in SILENCED:
+        assert silenced not in console, silenced
+    assert "GPU available:" in console
 
 
 def studio_tiny(data_dir: Path) -> Path:
@@ -114,6 +133,7 @@ def test_training_learns_and_beats_chance(two_epoch_run: Path, synth_data_dir: P
         assert key in target
     for name in ("config.yaml", "metrics.json", "checkpoints/last.ckpt", ".hydra/config.yaml"):
         assert (two_epoch_run / name).is_file(), name
+    assert_quiet_console((two_epoch_run.parents[1] / CONSOLE).read_text())
     best_checkpoints = list((two_epoch_run / "checkpoints").glob("best-epoch=*.ckpt"))
     assert len(best_checkpoints) == 1
     # Validated every epoch (experiment=quick): the best epoch is recorded apart from the last
@@ -216,7 +236,7 @@ def test_evaluate_reproduces_the_run(
     shutil.copytree(
         studio_tiny(synth_data_dir), empty_data / "synthperson" / "studio-tiny-128x64-seed0"
     )
-    run_module(
+    result = run_module(
         "reidgen.evaluate",
         [f"ckpt={checkpoint}", "data=synth_tiny", "hardware=cpu", "trainer.precision=32-true"],
         empty_data,
@@ -224,6 +244,7 @@ def test_evaluate_reproduces_the_run(
     )
     evaluation = metrics_of(only_run(tmp_path / "logs", "evaluations"))
     assert evaluation["metrics"] == metrics_of(two_epoch_run)["metrics"]
+    assert_quiet_console(result.stdout + result.stderr)
 
 
 @pytest.mark.slow

@@ -117,6 +117,8 @@ class LastCheckpoint(Checkpoint):
     def _save(self, trainer: pl.Trainer) -> None:
         if trainer.fast_dev_run or trainer.sanity_checking:
             return
-        # Collective: every rank calls it, rank 0 writes.
-        trainer.save_checkpoint(self.path)
+        # Collective: every rank calls it, rank 0 writes. The whole state (optimizer, loops,
+        # callbacks), which resuming needs, asked for explicitly: Lightning logs a note each
+        # time it has to assume it.
+        trainer.save_checkpoint(self.path, weights_only=False)
         self._saved_at_step = trainer.global_step

@@ -16,7 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from reidgen import resolvers
+from reidgen import console, resolvers
 from reidgen.run_support import (
     checkpoint_datamodule,
     describe_sources,
@@ -35,7 +35,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     run_dir = start_run(cfg)
     datamodule = checkpoint_datamodule(cfg.data, method)
     datamodule.setup("test")
-    trainer: pl.Trainer = instantiate(cfg.trainer, logger=False, callbacks=[])
+    # An evaluation saves no checkpoint; with checkpointing on, Lightning would add a default
+    # checkpoint callback and print a tip for its hosted model registry.
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False
+    )
     trainer.test(method, datamodule=datamodule, verbose=False)
     results = method.eval_results["test"]
     record: dict[str, Any] = {
@@ -56,6 +60,7 @@ resolvers.register()
 
 @hydra.main(version_base="1.3", config_path="pkg://reidgen.conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
+    console.quiet_third_party()
     evaluate(cfg)
 
 

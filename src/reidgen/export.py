@@ -5,8 +5,8 @@ What is exported is :class:`FeatureNetwork`: ``images [B, 3, H, W]`` (normalised
 test transform does it) -> the method's test features, one output per part, named as the parts
 (``embedding`` ``[B, D]``; AlignedReID with the global + local distance adds ``stripes``
 ``[B, h, c]``; QAConv: ``maps`` ``[B, D, h, w]``), with a dynamic batch size. The distance that
-compares them stays in reidgen (QAConv's matcher, AlignedReID's shortest path): the README says
-how to compute it outside.
+compares them stays in reidgen (QAConv's matcher, AlignedReID's shortest path):
+docs/getting-started.md says how to compute it outside.
 
 ``format=onnx`` writes ``<out>.onnx`` (the tracing exporter, opset 18) and checks it
 with onnxruntime on a batch of random images of two sizes: every output must equal PyTorch's within

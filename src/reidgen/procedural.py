@@ -19,6 +19,8 @@ from typing import Any, Protocol
 from filelock import FileLock
 from PIL import Image, ImageDraw
 
+from reidgen.progress import progress
+
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
@@ -52,25 +54,30 @@ def render_in_workers(
     files: Sequence[Any],
     workers: int | None,
     parallel_min: int,
+    description: str,
 ) -> None:
     """Calls ``factory(*args).render(ordinal, file)`` for every planned file, in this process
     when ``workers`` is 1 or there are fewer than ``parallel_min`` files (starting processes
     would cost more), else in spawned workers. ``factory`` must be importable (a module-level
-    class) and render only from ``(ordinal, file)`` so the bytes do not depend on the workers."""
+    class) and render only from ``(ordinal, file)`` so the bytes do not depend on the workers.
+    A progress bar named ``description`` counts the files rendered."""
     items = list(enumerate(files))
     workers = workers or os.cpu_count() or 1
-    if workers <= 1 or len(items) < parallel_min:
-        renderer = factory(*args)
-        for ordinal, file_plan in items:
-            renderer.render(ordinal, file_plan)
-        return
-    # Consecutive files per chunk: a renderer's per-identity caches stay useful.
-    chunk_size = max(16, len(items) // (workers * 8))
-    chunks = [items[i : i + chunk_size] for i in range(0, len(items), chunk_size)]
-    # Spawned workers: forking a parent that already runs torch threads is unsafe.
-    with ProcessPoolExecutor(workers, get_context("spawn"), _init_worker, (factory, args)) as pool:
-        for _ in pool.map(_render_chunk, chunks):
-            pass
+    with progress(description=description, total=len(items), unit="image") as bar:
+        if workers <= 1 or len(items) < parallel_min:
+            renderer = factory(*args)
+            for ordinal, file_plan in items:
+                renderer.render(ordinal, file_plan)
+                bar.update()
+            return
+        # Consecutive files per chunk: a renderer's per-identity caches stay useful.
+        chunk_size = max(16, len(items) // (workers * 8))
+        chunks = [items[i : i + chunk_size] for i in range(0, len(items), chunk_size)]
+        # Spawned workers: forking a parent that already runs torch threads is unsafe.
+        context = get_context("spawn")
+        with ProcessPoolExecutor(workers, context, _init_worker, (factory, args)) as pool:
+            for rendered in pool.map(_render_chunk, chunks):
+                bar.update(rendered)
 
 
 def publish(

@@ -18,9 +18,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from reidgen import resolvers
+from reidgen import console, resolvers
 from reidgen.checkpointing import AtomicCheckpointIO, LastCheckpoint
 from reidgen.data.datamodule import ReIDDataModule
+from reidgen.logger_results import log_results
 from reidgen.run_support import (
     build_loggers,
     build_method,
@@ -29,12 +30,15 @@ from reidgen.run_support import (
     finish_run,
     start_run,
 )
+from reidgen.viz.run_pictures import RunPictures
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Fits ``cfg.method`` on ``cfg.data``, tests the final weights, returns the metrics record."""
+    """Fits ``cfg.method`` on ``cfg.data``, tests the final weights, draws the end-of-run
+    pictures and hands them with the results to every logger; returns the metrics record."""
     run_dir = start_run(cfg)
     pl.seed_everything(cfg.seed, workers=True)
+    pictures: RunPictures = instantiate(cfg.pictures)
 
     datamodule: ReIDDataModule = instantiate(cfg.data)
     datamodule.setup("fit")
@@ -70,6 +74,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     try:
         trainer.fit(method, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
         trainer.test(method, datamodule=datamodule, verbose=False)
+        if trainer.is_global_zero:
+            drawn = pictures.write(
+                method,
+                datamodule.eval_sets,
+                run_dir,
+                datamodule.eval_batch_size,
+                datamodule.num_workers,
+            )
+            # Before close_loggers: W&B takes nothing after its run is finished.
+            log_results(loggers, method.eval_results["test"], drawn, trainer.global_step)
         failed = False
     finally:
         close_loggers(loggers, failed)
@@ -106,6 +120,7 @@ resolvers.register()
 
 @hydra.main(version_base="1.3", config_path="pkg://reidgen.conf", config_name="config")
 def main(cfg: DictConfig) -> None:
+    console.quiet_third_party()
     train(cfg)
 
 

@@ -273,3 +273,21 @@ def test_input_validation() -> None:
         rerank_topk(lambda a, b: distance[a:b], 5, n)(3, 9)
     with pytest.raises(ValueError, match="metric"):
         rerank_features(distance[:5], distance[5:], metric="manhattan")  # type: ignore[arg-type]
+
+
+def test_the_top_k_scan_shows_its_progress_and_changes_nothing(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    generator = torch.Generator().manual_seed(0)
+    query = torch.randn(30, 16, generator=generator)
+    gallery = torch.randn(90, 16, generator=generator)
+    monkeypatch.setattr(rerank_module, "DISTANCE_BLOCK", 32)  # 4 blocks: 10 block products
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("REIDGEN_PROGRESS", "0")
+    quiet = rerank_features(query, gallery, memory_budget=0)(0, 30)
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("REIDGEN_PROGRESS", "1")
+    shown = rerank_features(query, gallery, memory_budget=0)(0, 30)
+    err = capsys.readouterr().err
+    assert "re-ranking: nearest neighbours" in err and "/10 [" in err
+    assert torch.equal(quiet, shown)

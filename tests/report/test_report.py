@@ -16,7 +16,14 @@ import pytest
 import yaml
 
 from reidgen.report.experiments import Row, Table, load_table, load_tables
-from reidgen.report.runner import Outcome, command_overrides, run_dir, run_once
+from reidgen.report.runner import (
+    Outcome,
+    command_overrides,
+    run_counted,
+    run_dir,
+    run_once,
+    runs_progress,
+)
 from reidgen.report.tables import collect, to_csv, to_latex, to_markdown
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -273,3 +280,32 @@ def test_smoke_profile_restart_and_skipped_rows(
     assert second.is_file()
     assert (runs / "bot-baseline" / "seed-1.interrupted-1" / "config.yaml").is_file()
     shutil.rmtree(out / "logs", ignore_errors=True)
+
+
+def test_progress_counts_each_run_once_and_finished_runs_from_the_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "t.yaml"
+    path.write_text(
+        "table: t\nseeds: [0, 1]\nrows:\n"
+        "  - {name: Initial encoder, overrides: [method=baseline]}\n"
+        "  - {name: GCL, overrides: [method=gcl],"
+        " checkpoint_from: {method.encoder_checkpoint: Initial encoder}}\n"
+    )
+    table = load_table(path)
+    encoder, gcl = table.rows
+    out = tmp_path / "out"
+    done = run_dir(out, table, encoder, encoder.runs()[1])
+    done.mkdir(parents=True)
+    (done / "metrics.json").write_text("{}")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("REIDGEN_PROGRESS", "1")
+    with runs_progress(out, [table], "smoke runs", enabled=True) as bar:
+        assert (bar.n, bar.total) == (1, 4)
+        run_counted(out, table, encoder, encoder.runs()[1], bar)  # finished before: not again
+        assert bar.n == 1
+        run_counted(out, table, gcl, gcl.runs()[0], bar)  # skipped (no encoder yet): done here
+        assert bar.n == 2
+    captured = capsys.readouterr()
+    assert "smoke runs" in captured.err and "2/4" in captured.err
+    assert "GCL (seed 0): skipped" in captured.out

@@ -644,3 +644,19 @@ def test_gap_ablation_variants_are_street_with_studio_groups() -> None:
         if getattr(lowcast, field.name) != getattr(randomized, field.name)
     }
     assert changed == {"name", "draws_of", "colour_cast", "image_colour_cast"}
+
+
+def test_generation_shows_its_progress_and_writes_the_same_bytes(
+    tiny_studio: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("RANK", "0")  # the main process, whatever the launcher says
+    monkeypatch.setenv("REIDGEN_PROGRESS", "1")
+    root = ensure_synthperson(tmp_path, "studio", "tiny", workers=1)
+    err = capsys.readouterr().err
+    counts = json.loads((root / "manifest.json").read_text())["counts"]
+    images = sum(split["images"] for split in counts.values())
+    assert f"SynthPerson {root.name}" in err and f"{images}/{images} [" in err
+    assert _digests(root) == _digests(tiny_studio)

@@ -57,7 +57,9 @@ def jaccard_distance(
     source = FeatureRows(F.normalize(features.float(), dim=1))
     needed = min(num_total, max(k1, k2))
     kept = min(num_total, 2 * needed)
-    ranks, normalised, row_max = scan_blocks(source, kept, DISTANCE_BLOCK)
+    ranks, normalised, row_max = scan_blocks(
+        source, kept, DISTANCE_BLOCK, "clustering: nearest neighbours"
+    )
     squared = normalised.mul_(row_max[:, None])
     graph = JaccardGraph(
         ranks[:, :needed],

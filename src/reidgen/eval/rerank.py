@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from reidgen.eval.ranking import DistanceFn
+from reidgen.progress import progress
 
 RowsFn = Callable[[int, int], Tensor]
 """``rows(start, stop) -> Tensor[stop - start, N]``: plain distances of samples ``start:stop`` to
@@ -67,6 +68,9 @@ DISTANCE_BLOCK = 4096
 enough for the matrix product to run at full speed, small enough to stay far below the budget."""
 
 _PAIR_CHUNK = 4096  # pairs per batch in FeatureRows.pair_squared; bounds its [M, D] temporaries
+
+# The bar of the top-k path's pass over the distance, most of re-ranking's time at scale.
+RERANK_SCAN = "re-ranking: nearest neighbours"
 
 
 class FeatureRows:
@@ -217,7 +221,7 @@ def rerank_topk(
         if len(distance_rows) != num_total:
             raise ValueError(f"num_total={num_total} but the features have {len(distance_rows)}")
         source = distance_rows
-        ranks, dn_near, row_max = scan_blocks(source, kept, DISTANCE_BLOCK)
+        ranks, dn_near, row_max = scan_blocks(source, kept, DISTANCE_BLOCK, RERANK_SCAN)
 
         def missing(row_ids: Tensor, col_ids: Tensor) -> Tensor:
             return source.pair_squared(row_ids, col_ids).div_(row_max[row_ids])
@@ -538,18 +542,23 @@ def _scan(
         (of the squared distances, the normaliser of ``Dn``).
     """
     ranks, dn_near, row_max = [], [], []
-    for start in range(0, num_total, chunk_size):
-        squared = rows(start, min(start + chunk_size, num_total)).square().float()
-        top = squared.amax(dim=1)
-        squared.div_(top[:, None])
-        chunk_ranks, chunk_dn = _nearest(squared, kept)
-        ranks.append(chunk_ranks)
-        dn_near.append(chunk_dn)
-        row_max.append(top)
+    with progress(description=RERANK_SCAN, total=num_total, unit="row", leave=False) as bar:
+        for start in range(0, num_total, chunk_size):
+            stop = min(start + chunk_size, num_total)
+            squared = rows(start, stop).square().float()
+            top = squared.amax(dim=1)
+            squared.div_(top[:, None])
+            chunk_ranks, chunk_dn = _nearest(squared, kept)
+            ranks.append(chunk_ranks)
+            dn_near.append(chunk_dn)
+            row_max.append(top)
+            bar.update(stop - start)
     return torch.cat(ranks), torch.cat(dn_near), torch.cat(row_max)
 
 
-def scan_blocks(source: FeatureRows, kept: int, block_size: int) -> tuple[Tensor, Tensor, Tensor]:
+def scan_blocks(
+    source: FeatureRows, kept: int, block_size: int, description: str
+) -> tuple[Tensor, Tensor, Tensor]:
     """:func:`_scan` from features: every symmetric block of the distance computed once.
 
     Each block serves its rows and, transposed, its columns. Diagonal blocks come first and give
@@ -557,6 +566,7 @@ def scan_blocks(source: FeatureRows, kept: int, block_size: int) -> tuple[Tensor
     smallest can enter its list, a comparison and a short list of survivors per block instead of
     a sort of every row (at MSMT17 size a sort costs about a third of the matrix product).
 
+    :param description: the name of the progress bar over the blocks.
     :returns: as :func:`_scan`.
     """
     num_total = len(source)
@@ -571,23 +581,31 @@ def scan_blocks(source: FeatureRows, kept: int, block_size: int) -> tuple[Tensor
         out = storage[: (stop - start) * (col_stop - col_start)].view(stop - start, -1)
         return source.squared(start, stop, col_start, col_stop, out=out)
 
-    for start, stop in bounds:
-        block = squared(start, stop, start, stop).clamp_min_(0.0).fill_diagonal_(0.0)
-        row_max[start:stop] = block.amax(dim=1)
-        count = min(kept, stop - start)
-        values, cols = torch.topk(block, count, dim=1, largest=False, sorted=True)
-        best[start:stop, :count], best_cols[start:stop, :count] = values, cols + start
-    for index, (start, stop) in enumerate(bounds):
-        for col_start, col_stop in bounds[index + 1 :]:
-            block = squared(start, stop, col_start, col_stop)
-            torch.maximum(row_max[start:stop], block.amax(dim=1), out=row_max[start:stop])
-            torch.maximum(
-                row_max[col_start:col_stop], block.amax(dim=0), out=row_max[col_start:col_stop]
-            )
-            rows, cols = torch.nonzero(block < best[start:stop, -1:], as_tuple=True)
-            _merge_candidates(best, best_cols, rows + start, cols + col_start, block[rows, cols])
-            rows, cols = torch.nonzero(block < best[col_start:col_stop, -1], as_tuple=True)
-            _merge_candidates(best, best_cols, cols + col_start, rows + start, block[rows, cols])
+    blocks = len(bounds) * (len(bounds) + 1) // 2
+    with progress(description=description, total=blocks, unit="block", leave=False) as bar:
+        for start, stop in bounds:
+            block = squared(start, stop, start, stop).clamp_min_(0.0).fill_diagonal_(0.0)
+            row_max[start:stop] = block.amax(dim=1)
+            count = min(kept, stop - start)
+            values, cols = torch.topk(block, count, dim=1, largest=False, sorted=True)
+            best[start:stop, :count], best_cols[start:stop, :count] = values, cols + start
+            bar.update()
+        for index, (start, stop) in enumerate(bounds):
+            for col_start, col_stop in bounds[index + 1 :]:
+                block = squared(start, stop, col_start, col_stop)
+                torch.maximum(row_max[start:stop], block.amax(dim=1), out=row_max[start:stop])
+                torch.maximum(
+                    row_max[col_start:col_stop], block.amax(dim=0), out=row_max[col_start:col_stop]
+                )
+                rows, cols = torch.nonzero(block < best[start:stop, -1:], as_tuple=True)
+                _merge_candidates(
+                    best, best_cols, rows + start, cols + col_start, block[rows, cols]
+                )
+                rows, cols = torch.nonzero(block < best[col_start:col_stop, -1], as_tuple=True)
+                _merge_candidates(
+                    best, best_cols, cols + col_start, rows + start, block[rows, cols]
+                )
+                bar.update()
     _check_row_maxima(row_max)
     ranks, order = best_cols.sort(dim=1)  # ties by column, then by value, as _nearest orders them
     values, by_value = best.gather(1, order).clamp_min_(0.0).sort(dim=1, stable=True)

@@ -42,6 +42,7 @@ from reidgen.eval.features import Features
 from reidgen.eval.gather import place_by_index
 from reidgen.eval.metric import RetrievalEvaluation
 from reidgen.eval.rerank import FeatureRows, RowsFn
+from reidgen.progress import progress
 
 if TYPE_CHECKING:
     from reidgen.data.datamodule import ReIDDataModule
@@ -198,8 +199,14 @@ class ReIDMethod(pl.LightningModule):
         world_count, rank = world()
         indices = list(range(rank, total, world_count))
         rows, order = [], []
+        batches = progress(
+            training_set.images(name, indices),
+            description=f"features of {name} for clustering",
+            unit="batch",
+            leave=False,
+        )
         with self.inference():
-            for batch in training_set.images(name, indices):
+            for batch in batches:
                 rows.append(F.normalize(embed(batch["image"].to(self.device)).float()).cpu())
                 order.append(batch["index"])
         if not rows:

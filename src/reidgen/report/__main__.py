@@ -1,6 +1,7 @@
 """``python -m reidgen.report --profile synthetic``: run every row of the profile's tables that has
 no finished result, then write each table as Markdown, CSV, LaTeX and PNG under ``--out``, and
-optionally replace the profile's block of the README (between
+optionally replace the profile's block of a Markdown file, ``make reproduce-table``'s
+``docs/results.md`` (between
 ``<!-- reproduce-table:<profile>:begin -->`` and ``<!-- reproduce-table:<profile>:end -->``)."""
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import argparse
 from pathlib import Path
 
 from reidgen.report.experiments import PROFILES, load_tables
-from reidgen.report.runner import Outcome, finished, run_dir, run_once
+from reidgen.report.runner import Outcome, finished, run_counted, run_dir, runs_progress
 from reidgen.report.tables import collect, write_outputs
 
 
@@ -40,18 +41,21 @@ def main(argv: list[str] | None = None) -> str:
     if not tables:
         raise SystemExit(f"no table of profile {args.profile!r} in {args.experiments}")
     sections = []
-    for table in tables:
-        outcomes = {}
-        for row in table.rows:
-            if args.tables_only:
-                outcomes[row.slug] = [
-                    finished(out, table, row, run)
-                    or Outcome(run_dir(out, table, row, run), run.seed, reason="not run yet")
-                    for run in row.runs()
-                ]
-            else:
-                outcomes[row.slug] = [run_once(out, table, row, run) for run in row.runs()]
-        sections.append(write_outputs(table, collect(table, outcomes), out / "tables"))
+    with runs_progress(out, tables, f"{args.profile} runs", not args.tables_only) as bar:
+        for table in tables:
+            outcomes = {}
+            for row in table.rows:
+                if args.tables_only:
+                    outcomes[row.slug] = [
+                        finished(out, table, row, run)
+                        or Outcome(run_dir(out, table, row, run), run.seed, reason="not run yet")
+                        for run in row.runs()
+                    ]
+                else:
+                    outcomes[row.slug] = [
+                        run_counted(out, table, row, run, bar) for run in row.runs()
+                    ]
+            sections.append(write_outputs(table, collect(table, outcomes), out / "tables"))
     markdown = "\n\n".join(sections)
     if args.readme is not None:
         update_readme(args.readme, args.profile, markdown)

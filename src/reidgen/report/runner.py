@@ -15,9 +15,13 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from tqdm import tqdm
+
+from reidgen.progress import ENV_VARIABLE, progress, write_line
 from reidgen.report.experiments import Row, Run, Table
 
 
@@ -102,11 +106,11 @@ def run_once(out: Path, table: Table, row: Row, run: Run) -> Outcome:
     except NotReady as error:
         directory.parent.mkdir(parents=True, exist_ok=True)
         skipped.write_text(f"{error}\n")
-        print(f"[reproduce-table] {table.name} / {label}: skipped: {error}", flush=True)
+        write_line(f"[reproduce-table] {table.name} / {label}: skipped: {error}")
         return Outcome(directory, run.seed, reason=str(error))
     if directory.exists():
         moved = _move_aside(directory)
-        print(f"[reproduce-table] {table.name} / {label}: interrupted run moved to {moved}")
+        write_line(f"[reproduce-table] {table.name} / {label}: interrupted run moved to {moved}")
     directory.parent.mkdir(parents=True, exist_ok=True)
     command = [
         sys.executable,
@@ -115,17 +119,38 @@ def run_once(out: Path, table: Table, row: Row, run: Run) -> Outcome:
         *overrides,
         f"hydra.run.dir={directory}",
     ]
-    print(f"[reproduce-table] {table.name} / {label}: {' '.join(command[3:])}", flush=True)
+    write_line(f"[reproduce-table] {table.name} / {label}: {' '.join(command[3:])}")
     result = subprocess.run(
         command,
         capture_output=True,
         text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        # The run's stderr is read only for its error message: no bars in it.
+        env={**os.environ, "PYTHONUNBUFFERED": "1", ENV_VARIABLE: "0"},
     )
     if result.returncode == 0 and metrics.is_file():
         skipped.unlink(missing_ok=True)
         return Outcome(directory, run.seed, metrics=metrics)
     reason = _reason(result.stderr)
     skipped.write_text(reason + "\n")
-    print(f"[reproduce-table] {table.name} / {label}: skipped: {reason}", flush=True)
+    write_line(f"[reproduce-table] {table.name} / {label}: skipped: {reason}")
     return Outcome(directory, run.seed, reason=reason)
+
+
+def runs_progress(out: Path, tables: Sequence[Table], description: str, enabled: bool) -> tqdm:
+    """A progress bar over every run of ``tables``, those already finished counted as done from
+    the start, so its ETA is measured on the runs this invocation makes (advance it with
+    :func:`run_counted`)."""
+    runs = [(table, row, run) for table in tables for row in table.rows for run in row.runs()]
+    done = sum(finished(out, *item) is not None for item in runs)
+    return progress(
+        description=description, total=len(runs), initial=done, unit="run", enabled=enabled
+    )
+
+
+def run_counted(out: Path, table: Table, row: Row, run: Run, bar: tqdm) -> Outcome:
+    """:func:`run_once`, and one step of ``bar`` unless the run had finished before."""
+    pending = finished(out, table, row, run) is None
+    outcome = run_once(out, table, row, run)
+    if pending:
+        bar.update()
+    return outcome

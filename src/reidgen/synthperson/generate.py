@@ -292,7 +292,14 @@ def render_files(
     spec: SynthPersonSpec, plan: DatasetPlan, root: Path, workers: int | None = None
 ) -> None:
     """Renders every planned file under ``root`` (whose split folders must exist)."""
-    render_in_workers(_Renderer, (spec, root), plan.files, workers, _PARALLEL_MIN_IMAGES)
+    render_in_workers(
+        _Renderer,
+        (spec, root),
+        plan.files,
+        workers,
+        _PARALLEL_MIN_IMAGES,
+        f"SynthPerson {spec.dirname}",
+    )
 
 
 def _counts(plan: DatasetPlan) -> dict[str, dict[str, int]]:

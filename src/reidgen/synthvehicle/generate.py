@@ -225,7 +225,14 @@ def render_files(
     spec: SynthVehicleSpec, plan: DatasetPlan, root: Path, workers: int | None = None
 ) -> None:
     """Renders every planned file under ``root`` (whose folders must exist)."""
-    render_in_workers(_Renderer, (spec, root), plan.files, workers, _PARALLEL_MIN_IMAGES)
+    render_in_workers(
+        _Renderer,
+        (spec, root),
+        plan.files,
+        workers,
+        _PARALLEL_MIN_IMAGES,
+        f"SynthVehicle {spec.dirname}",
+    )
 
 
 def _write_lists(plan: DatasetPlan, root: Path) -> None:

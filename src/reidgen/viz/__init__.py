@@ -8,4 +8,6 @@
   matched (``python -m reidgen.viz.qaconv_matches``).
 * :mod:`reidgen.viz.alignment`: which stripes of a query and a gallery image AlignedReID aligned
   (``python -m reidgen.viz.alignment``).
+* :mod:`reidgen.viz.run_pictures`: what ``reidgen.run`` draws at the end of a run, for its
+  folder and its loggers.
 """

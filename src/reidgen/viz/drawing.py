@@ -45,8 +45,12 @@ def colour(strength: float) -> tuple[int, int, int]:
 
 
 def stack_rows(rows: list[Image.Image], background: tuple[int, int, int]) -> Image.Image:
-    """``rows`` (of one width) stacked top to bottom in one RGB image."""
-    picture = Image.new("RGB", (rows[0].width, sum(row.height for row in rows)), background)
+    """``rows`` stacked top to bottom, left-aligned, in one RGB image as wide as the widest (rows
+    differ where queries differ in aspect ratio or in how many results they have)."""
+    if not rows:
+        raise ValueError("no rows to stack")
+    width = max(row.width for row in rows)
+    picture = Image.new("RGB", (width, sum(row.height for row in rows)), background)
     top = 0
     for row in rows:
         picture.paste(row, (0, top))

@@ -15,7 +15,7 @@ with its top results as the evaluation ranks them; this module does all of it bu
 * :func:`picture_paths`, :func:`write_png`: ``out_dir/query_<index>.png``, each written whole or
   not at all, and never replacing an existing picture unless asked;
 * :func:`checkpoint_target`, :func:`print_pictures`: what the picture CLIs do first and last;
-* :func:`write_ranked_pictures`: the ranked-list picture of any method
+* :func:`write_ranked_pictures`, :func:`draw_ranking`: the ranked-list picture of any method
   (:mod:`reidgen.viz.ranked_list`), and its CLI ``python -m reidgen.viz.ranked ckpt=PATH
   data=synth_cross target=synth_street queries=[0,5]`` (config ``conf/viz_ranked.yaml``).
 """
@@ -34,7 +34,6 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
-from tqdm import tqdm
 
 from reidgen.atomic import write_atomically
 from reidgen.data.datamodule import ReIDDataModule
@@ -43,6 +42,7 @@ from reidgen.eval.features import Features
 from reidgen.eval.ranking import JUNK_PID
 from reidgen.eval.target import EvalTarget
 from reidgen.methods.base import ReIDMethod
+from reidgen.progress import progress as progress_bar
 from reidgen.run_support import checkpoint_datamodule, inference_device, load_method
 from reidgen.viz.ranked_list import draw_ranked_list, result_marks
 
@@ -183,7 +183,9 @@ def extract_features(
         Subset(dataset, list(indices)), batch_size=batch_size, num_workers=num_workers
     )
     name = getattr(dataset, "name", "images")
-    batches = tqdm(loader, desc=f"features of {name}", unit="batch", disable=not progress)
+    batches = progress_bar(
+        loader, description=f"features of {name}", unit="batch", enabled=progress
+    )
     chunks = []
     with inference(method):
         for batch in batches:
@@ -423,19 +425,27 @@ def write_ranked_pictures(
     ranked = rank_queries(
         method, dataset, chosen, top, batch_size, num_workers, exclude_same_camera
     )
-    samples, target = dataset.samples, dataset.target
-    pictures = []
-    for ranking, path in zip(ranked.rankings, paths, strict=True):
-        captions = [f"#{k + 1}: {distance:.3f}" for k, distance in enumerate(ranking.distances)]
-        picture = draw_ranked_list(
-            read_image(samples[ranking.query].path),
-            [read_image(samples[index].path) for index in ranking.results],
-            result_marks(target, ranking.query, ranking.results),
-            captions,
-            height,
-        )
-        pictures.append(Picture(write_png(picture, path, overwrite), ranking))
-    return pictures
+    return [
+        Picture(write_png(draw_ranking(dataset, ranking, height), path, overwrite), ranking)
+        for ranking, path in zip(ranked.rankings, paths, strict=True)
+    ]
+
+
+def draw_ranking(
+    dataset: EvalDataset, ranking: Ranking, height: int = 256, query_caption: str = "query"
+) -> Image.Image:
+    """``ranking``'s row (:func:`draw_ranked_list`): the query, then its results marked correct /
+    wrong / junk with their rank and distance. Images are shown as read from disk."""
+    samples = dataset.samples
+    captions = [f"#{k + 1}: {distance:.3f}" for k, distance in enumerate(ranking.distances)]
+    return draw_ranked_list(
+        read_image(samples[ranking.query].path),
+        [read_image(samples[index].path) for index in ranking.results],
+        result_marks(dataset.target, ranking.query, ranking.results),
+        captions,
+        height,
+        query_caption,
+    )
 
 
 def pictures_from_config(cfg: DictConfig) -> list[Picture]:

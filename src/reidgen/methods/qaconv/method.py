@@ -45,6 +45,7 @@ from reidgen.methods.qaconv.losses import ClassMemoryLoss, LossOutput
 from reidgen.methods.qaconv.matcher import QAConvMatcher
 from reidgen.methods.qaconv.network import FeatureMapNet
 from reidgen.optim import LossAdaptiveSchedule
+from reidgen.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -256,12 +257,15 @@ class QAConvMethod(ReIDMethod):
         images (docs/methods/qaconv.md §5.1). Identical on every DDP rank (rank 0's table is
         broadcast).
         """
+        batches = progress(
+            datamodule.train_images(representatives),
+            description="GS graph: features of one image per class",
+            unit="batch",
+            leave=False,
+        )
         with self.inference():
             maps = torch.cat(
-                [
-                    self.extract(batch["image"].to(self.device))[MAPS]
-                    for batch in datamodule.train_images(representatives)
-                ]
+                [self.extract(batch["image"].to(self.device))[MAPS] for batch in batches]
             )
             scores = self.matcher.scores_in_chunks(maps, maps, *self.eval_chunks)
         nearest = nearest_classes(-scores.float().cpu(), num_neighbours).to(self.device)
