@@ -42,12 +42,12 @@ run: install
 # The papers' tables from the runs' own metrics.json: runs every row of PROFILE (paper: real
 # datasets, GPUs; synthetic: every method and protocol on SynthPerson with 3 seeds, about 2 h 40 min
 # on 2 cores; ablations: the methods' claims on SynthPerson, 3 seeds, about 66 min; smoke: a few
-# minutes) without a finished result, then writes results/$(PROFILE)/tables/ and the README block.
+# minutes) without a finished result, then writes results/$(PROFILE)/tables/ and the profile's block of docs/results.md.
 PROFILE ?= paper
 reproduce-table: install
-	$(BIN)/python -m reidgen.report --profile $(PROFILE) --readme README.md
+	$(BIN)/python -m reidgen.report --profile $(PROFILE) --readme docs/results.md
 
-# Generate the built-in SynthPerson domains and refresh the README's contact sheets.
+# Generate the built-in SynthPerson domains and refresh the contact sheets docs/synthperson.md shows.
 synth: install
 	$(BIN)/python -m reidgen.synthperson --domain studio --preset small --contact-sheet
 	$(BIN)/python -m reidgen.synthperson --domain street --preset small --contact-sheet

@@ -1,5 +1,6 @@
-"""The README's "Adding a method" example, taken from the README itself, trained and evaluated
-through the real entry points with its config in a user's own config folder (Hydra search path)."""
+"""The "Adding a method" example of docs/extending.md, taken from the page itself, trained and
+evaluated through the real entry points with its config in a user's own config folder (Hydra
+search path)."""
 
 from __future__ import annotations
 
@@ -17,24 +18,24 @@ from tests.test_run import (
     studio_tiny,
 )
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+PAGE = Path(__file__).resolve().parents[2] / "docs" / "extending.md"
 
 
-def readme_block(marker: str) -> str:
-    """The fenced code block that follows ``<!-- marker -->`` in the README."""
+def page_block(marker: str) -> str:
+    """The fenced code block that follows ``<!-- marker -->`` on the page."""
     match = re.search(
-        rf"<!-- {re.escape(marker)} -->\s*```\w*\n(.*?)```", README.read_text(), re.DOTALL
+        rf"<!-- {re.escape(marker)} -->\s*```\w*\n(.*?)```", PAGE.read_text(), re.DOTALL
     )
     if match is None:
-        raise AssertionError(f"README.md has no code block after <!-- {marker} -->")
+        raise AssertionError(f"{PAGE} has no code block after <!-- {marker} -->")
     return match.group(1)
 
 
 @pytest.mark.slow
-def test_the_readme_example_method_trains_and_evaluates(
+def test_the_example_method_trains_and_evaluates(
     tmp_path: Path, synth_data_dir: Path, tiny_studio: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    code = readme_block("example-method")
+    code = page_block("example-method")
     assert 25 <= len(code.splitlines()) <= 60  # "about 40 lines"
     package = tmp_path / "my_methods"
     package.mkdir()
@@ -42,7 +43,7 @@ def test_the_readme_example_method_trains_and_evaluates(
     (package / "tiny.py").write_text(code)
     config_dir = tmp_path / "my_conf" / "method"
     config_dir.mkdir(parents=True)
-    (config_dir / "tiny.yaml").write_text(readme_block("example-method-config"))
+    (config_dir / "tiny.yaml").write_text(page_block("example-method-config"))
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
 
     log_dir = tmp_path / "logs"
