@@ -6,10 +6,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +19,12 @@ from reidgen.eval import evaluate_ranking
 from reidgen.methods.base import METRIC_KEYS
 
 QUICK = ["experiment=quick", "hardware=cpu", "trainer.precision=32-true"]
+DDP_ONE_EPOCH = [
+    "experiment=quick",
+    "hardware=ddp_cpu",
+    "trainer.precision=32-true",
+    "trainer.max_epochs=1",
+]
 # The quickstart run's stdout and stderr, next to its runs/ folder.
 CONSOLE = "console.txt"
 # Lines of third-party code that reidgen.console silences (see there why), and Lightning's note
@@ -71,22 +75,39 @@ def metrics_of(run_dir: Path) -> dict:
     return json.loads((run_dir / "metrics.json").read_text())
 
 
+def shared_run(
+    name: str,
+    args: list[str],
+    tmp_path_factory: pytest.TempPathFactory,
+    data_dir: Path,
+    worker_id: str,
+) -> Path:
+    """A ``reidgen.run`` made once per test session: under xdist the first worker to need it runs
+    it in the session's shared folder (the parent of the workers' own), the others wait for it
+    and read it. Tests only read it."""
+    base = tmp_path_factory.getbasetemp()
+    log_dir = (base if worker_id == "master" else base.parent) / name
+    with FileLock(str(log_dir) + ".lock"):
+        if not (log_dir / "finished").is_file():
+            shutil.rmtree(log_dir, ignore_errors=True)
+            result = run_module("reidgen.run", args, data_dir, log_dir)
+            (log_dir / CONSOLE).write_text(result.stdout + result.stderr)
+            (log_dir / "finished").touch()
+    return only_run(log_dir)
+
+
 @pytest.fixture(scope="session")
 def two_epoch_run(
     tmp_path_factory: pytest.TempPathFactory, synth_data_dir: Path, worker_id: str
 ) -> Path:
-    """The quickstart run, made once per test session: under xdist the first worker to need it
-    runs it in the session's shared folder (the parent of the workers' own), the others wait for
-    it and read it. Tests only read it."""
-    base = tmp_path_factory.getbasetemp()
-    log_dir = (base if worker_id == "master" else base.parent) / "two-epochs"
-    with FileLock(str(log_dir) + ".lock"):
-        if not (log_dir / "finished").is_file():
-            shutil.rmtree(log_dir, ignore_errors=True)
-            result = run_module("reidgen.run", QUICK, synth_data_dir, log_dir)
-            (log_dir / CONSOLE).write_text(result.stdout + result.stderr)
-            (log_dir / "finished").touch()
-    return only_run(log_dir)
+    """The quickstart run."""
+    return shared_run("two-epochs", QUICK, tmp_path_factory, synth_data_dir, worker_id)
+
+
+@pytest.fixture(scope="session")
+def ddp_run(tmp_path_factory: pytest.TempPathFactory, synth_data_dir: Path, worker_id: str) -> Path:
+    """One epoch of the quickstart run on two CPU processes."""
+    return shared_run("ddp-one-epoch", DDP_ONE_EPOCH, tmp_path_factory, synth_data_dir, worker_id)
 
 
 def assert_quiet_console(console: str) -> None:
@@ -163,69 +184,6 @@ def test_resume_continues_exactly(
         assert torch.equal(tensor, last_continued["state_dict"][name]), name
 
 
-def finished_epoch(checkpoint: Path) -> int | None:
-    """The epoch index a ``last.ckpt`` was saved at the end of, None while there is none."""
-    try:
-        return int(torch.load(checkpoint, weights_only=False)["epoch"])
-    except FileNotFoundError:
-        return None
-
-
-def kill_after_epoch(args: list[str], epoch: int, data_dir: Path, log_dir: Path) -> Path:
-    """Starts ``reidgen.run``, kills it with SIGKILL as soon as its ``last.ckpt`` records the end
-    of epoch index ``epoch``, and returns that checkpoint (read again after the kill)."""
-    log_dir.mkdir(parents=True)
-    output = log_dir / "output.txt"
-    with output.open("wb") as sink:
-        # Into a file, not a pipe nobody reads: a full pipe would block the run.
-        process = subprocess.Popen(
-            [sys.executable, "-m", "reidgen.run", *args],
-            env=module_env(data_dir, log_dir),
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 600
-        seen: tuple[Path, float] | None = None
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"the run ended before it was killed:\n{output.read_text()[-5000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"no last.ckpt of epoch {epoch} in time:\n{output.read_text()[-5000:]}")
-            found = list(log_dir.glob("runs/*/checkpoints/last.ckpt"))
-            if found and (found[0], found[0].stat().st_mtime) != seen:
-                seen = (found[0], found[0].stat().st_mtime)
-                if finished_epoch(found[0]) == epoch:
-                    break
-            time.sleep(0.2)
-    finally:
-        process.kill()
-        process.wait(timeout=60)
-    assert process.returncode == -signal.SIGKILL
-    checkpoint = found[0]
-    # An epoch takes seconds, the poll a fraction of one: the next epoch cannot have ended.
-    assert finished_epoch(checkpoint) == epoch
-    assert not (checkpoint.parent.parent / "metrics.json").exists()
-    return checkpoint
-
-
-@pytest.mark.slow
-def test_killed_run_resumes_from_its_last_epoch(
-    two_epoch_run: Path, tmp_path: Path, synth_data_dir: Path
-) -> None:
-    # Validation only at the end, as in the default config: the checkpoints must not wait for
-    # it. The uninterrupted run validates every epoch, which changes no training state.
-    args = [*QUICK, "trainer.check_val_every_n_epoch=2"]
-    checkpoint = kill_after_epoch(args, 0, synth_data_dir, tmp_path / "killed")
-    run_module(
-        "reidgen.run", [*args, f"ckpt_path={checkpoint}"], synth_data_dir, tmp_path / "resumed"
-    )
-    resumed = metrics_of(only_run(tmp_path / "resumed"))
-    uninterrupted = metrics_of(two_epoch_run)
-    assert resumed["epochs"] == uninterrupted["epochs"] == 2
-    assert resumed["metrics"] == uninterrupted["metrics"]
-
-
 @pytest.mark.slow
 def test_evaluate_reproduces_the_run(
     two_epoch_run: Path, tmp_path: Path, synth_data_dir: Path
@@ -249,7 +207,7 @@ def test_evaluate_reproduces_the_run(
 
 @pytest.mark.slow
 def test_ddp_on_two_cpu_processes_evaluates_the_same_samples(
-    two_epoch_run: Path, tmp_path: Path, synth_data_dir: Path
+    two_epoch_run: Path, ddp_run: Path, tmp_path: Path, synth_data_dir: Path
 ) -> None:
     checkpoint = two_epoch_run / "checkpoints" / "last.ckpt"
     run_module(
@@ -268,13 +226,27 @@ def test_ddp_on_two_cpu_processes_evaluates_the_same_samples(
         for key in METRIC_KEYS:
             assert distributed["metrics"][target][key] == pytest.approx(values[key], abs=1e-4)
     # And a distributed training run goes through.
-    run_module(
-        "reidgen.run",
-        ["experiment=quick", "hardware=ddp_cpu", "trainer.max_epochs=1"],
-        synth_data_dir,
-        tmp_path / "ddp-train",
-    )
-    assert metrics_of(only_run(tmp_path / "ddp-train"))["world_size"] == 2
+    assert metrics_of(ddp_run)["world_size"] == 2
+
+
+@pytest.mark.slow
+def test_ddp_sweep_runs_each_job_on_its_own_processes_in_its_folder(
+    ddp_run: Path, tmp_path: Path, synth_data_dir: Path
+) -> None:
+    run_module("reidgen.run", ["-m", "seed=0,1", *DDP_ONE_EPOCH], synth_data_dir, tmp_path)
+    # The second processes run their job alone, into its folder: no sweep or run of their own.
+    assert [p.name for p in tmp_path.iterdir()] == ["multiruns"]
+    sweep = only_run(tmp_path, "multiruns")
+    names = ["0_baseline_synth_tiny", "1_baseline_synth_tiny"]
+    assert sorted(p.name for p in sweep.iterdir()) == [*names, "multirun.yaml"]
+    jobs = [sweep / name for name in names]
+    for seed, job in enumerate(jobs):
+        record = metrics_of(job)
+        assert (record["seed"], record["world_size"], record["epochs"]) == (seed, 2, 1)
+        assert (job / "train_ddp_process_1.log").stat().st_size > 0
+    # Job 0 is the same run alone: its second process ran job 0, not the sweep from its start.
+    assert metrics_of(jobs[0])["metrics"] == metrics_of(ddp_run)["metrics"]
+    assert metrics_of(jobs[1])["metrics"] != metrics_of(jobs[0])["metrics"]
 
 
 @pytest.mark.slow
@@ -345,17 +317,23 @@ def test_unknown_dataset_name_fails_clearly(tmp_path: Path, synth_data_dir: Path
 
 
 @pytest.mark.slow
-def test_multirun_sweep_puts_each_job_in_its_own_folder(
+def test_submitit_local_sweep_puts_each_job_and_its_logs_in_the_sweep_folder(
     tmp_path: Path, synth_data_dir: Path
 ) -> None:
-    run_module(
-        "reidgen.run", ["-m", *QUICK, "trainer.max_epochs=1", "seed=0,1"], synth_data_dir, tmp_path
-    )
+    # The launcher's path only: two training steps, no pictures.
+    short = ["trainer.max_epochs=1", "+trainer.limit_train_batches=2", "pictures.queries=0"]
+    args = ["-m", "hydra/launcher=submitit_local", *QUICK, *short, "seed=0,1"]
+    run_module("reidgen.run", args, synth_data_dir, tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["multiruns"]
     sweep = only_run(tmp_path, "multiruns")
-    jobs = sorted(p for p in sweep.iterdir() if (p / "metrics.json").is_file())
-    assert [p.name for p in jobs] == ["0_baseline_synth_tiny", "1_baseline_synth_tiny"]
-    assert [metrics_of(p)["seed"] for p in jobs] == [0, 1]
-    assert metrics_of(jobs[0])["metrics"] != metrics_of(jobs[1])["metrics"]
+    names = ["0_baseline_synth_tiny", "1_baseline_synth_tiny"]
+    assert sorted(p.name for p in sweep.iterdir()) == [".submitit", *names, "multirun.yaml"]
+    for seed, name in enumerate(names):
+        record = metrics_of(sweep / name)
+        assert (record["seed"], record["world_size"], record["epochs"]) == (seed, 1, 1)
+    # submitit's own folder of each job (pickles, stdout, stderr) is in the sweep's .submitit/.
+    submitted = sorted(sweep.glob(".submitit/*/*_submitted.pkl"))
+    assert len(submitted) == 2 and len(list(sweep.glob(".submitit/*/*_log.out"))) == 2
 
 
 @pytest.mark.slow

@@ -67,6 +67,16 @@ def quiet_third_party() -> None:
         category=PossibleUserWarning,
         module=r"pytorch_lightning\.trainer\.connectors\.data_connector$",
     )
+    # Lightning asks the loader itself to be resumable; reidgen's data module restores its
+    # sampler's position from Lightning's batch counters instead (ReIDDataModule.state_dict),
+    # so a run resumed from a mid-epoch checkpoint continues with the batches it had left.
+    warnings.filterwarnings(
+        "ignore",
+        message=r"You're resuming from a checkpoint that ended before the epoch ended and your "
+        r"dataloader is not resumable",
+        category=PossibleUserWarning,
+        module=r"pytorch_lightning\.loops\.training_epoch_loop$",
+    )
     logger = logging.getLogger(LIGHTNING_INFO_LOGGER)
     if not any(isinstance(existing, _DropInfo) for existing in logger.filters):
         logger.addFilter(_DropInfo(_DROPPED_INFO))

@@ -47,3 +47,11 @@ def global_rank() -> int:
         if value is not None:
             return int(value)
     return 0
+
+
+def leave_process_group() -> None:
+    """Destroys the initialised process group, if any: Lightning keeps it until the process ends,
+    and a later run in the same process would otherwise join the old one."""
+    dist = _process_group()
+    if dist is not None:
+        dist.destroy_process_group()

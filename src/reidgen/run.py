@@ -22,6 +22,8 @@ from reidgen import console, resolvers
 from reidgen.checkpointing import AtomicCheckpointIO, LastCheckpoint
 from reidgen.data.datamodule import ReIDDataModule
 from reidgen.logger_results import log_results
+from reidgen.preemption import exit_when_stopped
+from reidgen.resume import checkpoint_to_resume, set_aside_csv_logs
 from reidgen.run_support import (
     build_loggers,
     build_method,
@@ -35,7 +37,13 @@ from reidgen.viz.run_pictures import RunPictures
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fits ``cfg.method`` on ``cfg.data``, tests the final weights, draws the end-of-run
-    pictures and hands them with the results to every logger; returns the metrics record."""
+    pictures and hands them with the results to every logger; returns the metrics record.
+
+    A run folder that holds an unfinished run continues it (:mod:`reidgen.resume`); SIGTERM and
+    SIGUSR1 stop training with a resumable ``last.ckpt`` and exit 128 + the signal's number
+    (:mod:`reidgen.preemption`)."""
+    # Before anything is written to the folder: a finished run there is refused untouched.
+    resume_from = checkpoint_to_resume(cfg.paths.output_dir, cfg.ckpt_path)
     run_dir = start_run(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     pictures: RunPictures = instantiate(cfg.pictures)
@@ -58,12 +66,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         mode="max",
         save_top_k=cfg.checkpoint.save_top_k,
     )
-    callbacks = [
-        best,
-        # After the best one, so last.ckpt holds its state after the epoch.
-        LastCheckpoint(checkpoints),
-    ]
+    # After the best one, so last.ckpt holds its state after the epoch.
+    last = LastCheckpoint(checkpoints, every_n_steps=cfg.checkpoint.every_n_steps)
+    callbacks = [best, last]
     loggers = build_loggers(cfg)
+    set_aside_csv_logs(loggers)
     trainer: pl.Trainer = instantiate(
         cfg.trainer,
         logger=loggers or False,
@@ -72,7 +79,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     )
     failed = True
     try:
-        trainer.fit(method, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        with exit_when_stopped(last.describe_stop):
+            trainer.fit(method, datamodule=datamodule, ckpt_path=resume_from)
         trainer.test(method, datamodule=datamodule, verbose=False)
         if trainer.is_global_zero:
             drawn = pictures.write(

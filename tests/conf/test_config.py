@@ -10,6 +10,7 @@ from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
+from lightning_fabric.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from reidgen import resolvers
@@ -73,14 +74,42 @@ def test_data_configs_compose(data: str, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("hardware", options("hardware"))
 def test_hardware_configs_compose(hardware: str, tmp_path: Path) -> None:
-    cfg = composed([f"hardware={hardware}"], tmp_path)
+    cfg = composed([f"hardware={hardware}", "trainer.precision=32-true"], tmp_path)
     trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
     assert trainer["use_distributed_sampler"] is False
+    assert trainer["precision"] == "32-true"
     if hardware in ("cpu", "ddp_cpu", "auto"):
         built = instantiate(cfg.trainer, logger=False)
         assert built.max_epochs == cfg.trainer.max_epochs
     if hardware == "slurm":
         assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
+
+
+def test_slurm_jobs_ask_for_what_the_trainer_uses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    knobs = [
+        "hydra.launcher.partition=gpu",
+        "hydra.launcher.account=lab",
+        "hydra.launcher.qos=high",
+    ]
+    cfg = composed(
+        ["hardware=slurm", "trainer.num_nodes=3", "trainer.devices=2", "trainer.precision=32-true"]
+        + [*knobs, "hydra.launcher.timeout_min=60", "+hydra.launcher.additional_parameters.x=1"],
+        tmp_path,
+    )
+    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    assert launcher["_target_"].endswith("submitit_launcher.SlurmLauncher")
+    assert (launcher["nodes"], launcher["tasks_per_node"], launcher["gpus_per_node"]) == (3, 2, 2)
+    assert (launcher["partition"], launcher["account"], launcher["qos"]) == ("gpu", "lab", "high")
+    assert launcher["timeout_min"] == 60 and launcher["additional_parameters"] == {"x": 1}
+    unresolved = OmegaConf.to_container(cfg.hydra.launcher, resolve=False)
+    assert unresolved["submitit_folder"].startswith("${hydra.sweep.dir}/")
+    # What SLURM gives each task from those settings, checked by Lightning's SLURM environment.
+    monkeypatch.setenv("SLURM_JOB_NAME", "reidgen")
+    monkeypatch.setenv("SLURM_NNODES", str(launcher["nodes"]))
+    monkeypatch.setenv("SLURM_NTASKS_PER_NODE", str(launcher["tasks_per_node"]))
+    SLURMEnvironment().validate_settings(cfg.trainer.devices, cfg.trainer.num_nodes)
 
 
 @pytest.mark.parametrize("logger", options("logger"))

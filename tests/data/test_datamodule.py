@@ -264,6 +264,8 @@ def test_state_dict_restores_sampler_into_next_train_dataloader(street, studio) 
     second = make_module([street, studio], [street])
     second.setup("fit")
     second.load_state_dict(state)
+    # Resumed in epoch 2, whose loader the state is applied to.
+    second.trainer = SimpleNamespace(current_epoch=2, lightning_module=None)
     resumed = list(second.train_dataloader())
     assert len(resumed) == len(rest) > 0
     for a, b in zip(rest, resumed, strict=True):
@@ -441,12 +443,32 @@ def test_state_dict_counts_trained_batches_not_prefetched_ones(street, studio) -
     for _ in range(3):
         next(iterator)
     assert loader.sampler.state_dict()["position"] > 3 * BATCH  # the workers ran ahead
-    progress = SimpleNamespace(current=SimpleNamespace(completed=3))
+    # Saved at the 3rd batch's end: Lightning counts it completed only after that hook.
+    progress = SimpleNamespace(current=SimpleNamespace(processed=3, completed=2))
     module.trainer = SimpleNamespace(
         fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(batch_progress=progress))
     )
     assert module.state_dict()["sampler"]["position"] == 3 * BATCH
     del iterator
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_sampler_state_resumes_its_own_epoch_only(street, studio, num_workers: int) -> None:
+    module = make_module([street, studio], [street], num_workers=num_workers)
+    module.setup("fit")
+    module.trainer = SimpleNamespace(current_epoch=1, lightning_module=None)
+    epoch_1 = [batch["index"] for batch in module.train_dataloader()]
+    # Saved at the end of epoch 0; resuming builds epoch 1's loader, which Lightning iterates
+    # (its workers fetch) before it sets the epoch.
+    module.load_state_dict({"sampler": {"epoch": 0, "seed": 0, "position": len(epoch_1) * BATCH}})
+    loader = module.train_dataloader()
+    assert loader.sampler.sampler.epoch == 1
+    assert all(torch.equal(a["index"], b) for a, b in zip(loader, epoch_1, strict=True))
+    # Saved mid-epoch 1, after two batches: the rest of epoch 1.
+    module.load_state_dict({"sampler": {"epoch": 1, "seed": 0, "position": 2 * BATCH}})
+    rest = [batch["index"] for batch in module.train_dataloader()]
+    assert len(rest) == len(epoch_1) - 2
+    assert all(torch.equal(a, b) for a, b in zip(rest, epoch_1[2:], strict=True))
 
 
 def test_state_dict_keeps_a_pending_state(street, studio) -> None:

@@ -380,9 +380,12 @@ class ReIDDataModule(pl.LightningDataModule):
         # reloaded loader before it sets the epoch, and that one (its workers prefetch, a GS graph
         # is built) should already be this epoch's.
         self._sampler.set_epoch(epoch)
-        if self._pending_sampler_state is not None:
-            self._sampler.load_state_dict(self._pending_sampler_state)
-            self._pending_sampler_state = None
+        pending, self._pending_sampler_state = self._pending_sampler_state, None
+        # Only a state of this very epoch says where it goes on: one saved at the end of the
+        # previous epoch would set the sampler back to that epoch's end, and a loader with
+        # workers fetches from it before Lightning sets the epoch again.
+        if pending is not None and int(pending["epoch"]) == epoch:
+            self._sampler.load_state_dict(pending)
         return DataLoader(
             train_set,
             batch_size=self._sampler.per_rank_batch_size,
@@ -429,13 +432,16 @@ class ReIDDataModule(pl.LightningDataModule):
         resumed epoch trains on the same labels without asking the method again.
 
         The position counts batches *trained*, not indices handed to the loader: workers and
-        Lightning prefetch, so the sampler itself runs ahead of training.
+        Lightning prefetch, so the sampler itself runs ahead of training. Trained = *processed*
+        (the training step ran): a checkpoint saved at a batch end (``on_train_batch_end``)
+        is taken before Lightning counts that batch completed, and Lightning completes it on
+        restore.
         """
         state: dict[str, Any] = {}
         if self._sampler is not None:
             sampler_state = self._sampler.state_dict()
             if self.trainer is not None:
-                trained = self.trainer.fit_loop.epoch_loop.batch_progress.current.completed
+                trained = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
                 sampler_state["position"] = min(
                     trained * self._sampler.per_rank_batch_size, len(self._sampler)
                 )

@@ -101,6 +101,12 @@ class ReIDMethod(pl.LightningModule):
         self._training_metrics: dict[str, Metric] = {}
 
     # ------------------------------------------------------------------- declared hooks
+    #: Whether a checkpoint saved mid-epoch resumes this method exactly. Lightning skips
+    #: ``on_train_epoch_start`` when it resumes mid-epoch, so a method whose per-epoch state
+    #: (set there, or gathered batch by batch) is not in its checkpoint sets False: it then gets
+    #: ``last.ckpt`` at epoch ends only (``reidgen.checkpointing.LastCheckpoint``).
+    resumes_mid_epoch: bool = True
+
     @property
     def variant(self) -> str | None:
         """What this run is called where it differs from the method's own name (e.g. "GCL

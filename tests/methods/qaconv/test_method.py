@@ -198,6 +198,17 @@ def test_adaptive_schedule_drops_once_and_stops_half_as_long_again() -> None:
     assert restored.update(5, 0.1) == (False, False)  # no second drop after a resume
 
 
+def test_the_running_epochs_losses_are_in_its_checkpoint() -> None:
+    # A run resumed mid-epoch skips on_train_epoch_start and averages the whole epoch's losses.
+    method = small_gs()
+    method._epoch_loss = [torch.tensor(2.0), torch.tensor(4.0)]
+    checkpoint: dict = {}
+    method.on_save_checkpoint(checkpoint)
+    restored = small_gs()
+    restored.on_load_checkpoint(checkpoint)
+    assert [float(loss) for loss in restored._epoch_loss] == [2.0, 4.0]
+
+
 def test_adaptive_schedule_stops_at_max_epochs_without_a_drop() -> None:
     schedule = LossAdaptiveSchedule(max_epochs=3)
     assert [schedule.update(e, 1.0) for e in range(3)] == [(False, False)] * 2 + [(False, True)]

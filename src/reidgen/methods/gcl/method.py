@@ -102,6 +102,11 @@ class GCL(ReIDMethod):
         the step number, so a resumed run draws what the uninterrupted one would.
     """
 
+    # Its epoch state is not in the checkpoint: the stage's frozen parameters (set in
+    # on_train_epoch_start), the true identities (set with the epoch's labels) and the views
+    # gathered for the epoch's identity check and picture.
+    resumes_mid_epoch = False
+
     def __init__(
         self,
         backbone: nn.Module,

@@ -50,6 +50,7 @@ from reidgen.progress import progress
 log = logging.getLogger(__name__)
 
 ADAPTIVE_STATE_KEY = "qaconv_adaptive_schedule"
+EPOCH_LOSS_KEY = "qaconv_epoch_loss"
 MAPS = "maps"
 """The feature part QAConv describes images with: ``[N, D, h, w]`` maps, unit norm over ``D``."""
 
@@ -190,7 +191,10 @@ class QAConvMethod(ReIDMethod):
         losses = self._epoch_loss
         totals = torch.stack(
             [
-                torch.stack(losses).double().sum() if losses else self._zero(),
+                # Restored losses (mid-epoch resume) are on the CPU.
+                torch.stack([loss.to(self.device) for loss in losses]).double().sum()
+                if losses
+                else self._zero(),
                 self._zero() + len(losses),
             ]
         )
@@ -278,10 +282,14 @@ class QAConvMethod(ReIDMethod):
         super().on_save_checkpoint(checkpoint)
         if self.adaptive_schedule is not None:
             checkpoint[ADAPTIVE_STATE_KEY] = self.adaptive_schedule.state_dict()
+        # The running epoch's losses so far: a run resumed mid-epoch (which skips
+        # on_train_epoch_start) averages the whole epoch's for the adaptive schedule.
+        checkpoint[EPOCH_LOSS_KEY] = [loss.cpu() for loss in self._epoch_loss]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.adaptive_schedule is not None and ADAPTIVE_STATE_KEY in checkpoint:
             self.adaptive_schedule.load_state_dict(checkpoint[ADAPTIVE_STATE_KEY])
+        self._epoch_loss = list(checkpoint.get(EPOCH_LOSS_KEY, []))
 
 
 class QAConv(QAConvMethod):
