@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-fast lint bench synth reproduce-table clean
+.PHONY: install run test test-fast lint bench gpu-check synth reproduce-table clean
 
 install: $(STAMP)
 
@@ -33,6 +33,15 @@ bench: install
 	$(BIN)/python benchmarks/bench_clustering.py
 	$(BIN)/python benchmarks/bench_qaconv_matcher.py
 	$(BIN)/python benchmarks/bench_gcl_step.py
+
+# The GPU paths of every method on one CUDA device in at most 5 minutes (not part of `make test`):
+# fp16/bf16 training steps, evaluation on CUDA against the CPU, a 1-GPU NCCL DDP run, throughput.
+# Prints a Markdown table and writes it to GPU_CHECK_OUT; exits non-zero when a check fails.
+# Without a GPU: make gpu-check GPU_CHECK_ARGS="--device cpu" (the same code at tiny sizes).
+GPU_CHECK_OUT ?= outputs/gpu_check.md
+gpu-check: install
+	mkdir -p $(dir $(GPU_CHECK_OUT))
+	$(BIN)/python benchmarks/gpu_check.py --out $(GPU_CHECK_OUT) $(GPU_CHECK_ARGS)
 
 # The main job: train the baseline on SynthPerson (generated on first use), evaluate, print the
 # results table. Extra Hydra overrides: make run ARGS="method=baseline data=synth".
